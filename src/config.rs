@@ -1,0 +1,444 @@
+//! Run configuration: TOML file + `--set key=value` overrides -> validated [`Config`].
+//!
+//! Parsing is strict (`deny_unknown_fields`), and [`Config::validate`] checks every value that
+//! serde cannot, so that a bad run fails before any data is loaded, naming the key at fault.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole run configuration, one struct per TOML table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[data]`: where the images are and how they are prepared.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// `[model]`: generator and critic widths.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// `[train]`: loop length, optimizer and seed.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// `[constraint]`: how the critic is kept Lipschitz.
+    #[serde(default)]
+    pub constraint: ConstraintConfig,
+    /// `[output]`: run folder and how often to write samples, metrics and checkpoints.
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+/// `[data]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder of JPEG/PNG images, searched recursively. Relative paths are taken from the
+    /// working directory.
+    pub dir: PathBuf,
+    /// Side of the square training images: 32, 64 or 128.
+    pub image_size: usize,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+    /// Side of the centred square cropped before resizing; 0 = the largest centred square.
+    pub crop: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data/fashion-mnist"),
+            image_size: 32,
+            channels: 1,
+            crop: 0,
+        }
+    }
+}
+
+/// `[model]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Dimension of the generator's normal latent vector.
+    pub z_dim: usize,
+    /// Channels of the generator's last hidden layer (doubling towards the input).
+    pub g_width: usize,
+    /// Channels of the critic's first layer (doubling with depth).
+    pub d_width: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            z_dim: 128,
+            g_width: 64,
+            d_width: 64,
+        }
+    }
+}
+
+/// Which optimizer updates both networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam with `beta1`, `beta2` (the SN and GP papers).
+    Adam,
+    /// RMSProp (the original weight-clipping WGAN).
+    Rmsprop,
+}
+
+/// `[train]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Number of generator iterations (each preceded by `n_critic` critic steps).
+    pub iterations: usize,
+    /// Images per batch, for real and fake batches alike.
+    pub batch_size: usize,
+    /// Critic steps per generator step.
+    pub n_critic: usize,
+    /// Generator learning rate.
+    pub lr_g: f64,
+    /// Critic learning rate.
+    pub lr_d: f64,
+    /// Optimizer for both networks.
+    pub optimizer: OptimizerKind,
+    /// Adam's first-moment decay.
+    pub beta1: f64,
+    /// Adam's second-moment decay.
+    pub beta2: f64,
+    /// Seed of every random choice: initial weights, data order, noise.
+    pub seed: u64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            iterations: 2000,
+            batch_size: 64,
+            n_critic: 5,
+            lr_g: 2e-4,
+            lr_d: 2e-4,
+            optimizer: OptimizerKind::Adam,
+            beta1: 0.0,
+            beta2: 0.9,
+            seed: 0,
+        }
+    }
+}
+
+/// The way the critic is kept Lipschitz.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintKind {
+    /// Every critic kernel divided by its power-iteration spectral norm (Miyato et al. 2018).
+    SpectralNorm,
+    /// No constraint: the unconstrained baseline.
+    None,
+}
+
+impl ConstraintKind {
+    /// The TOML spelling of every kind, for error messages.
+    pub const ALLOWED: &'static str = "\"spectral_norm\", \"none\"";
+}
+
+/// `[constraint]` table. Keys that do not apply to `kind` are rejected by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConstraintConfig {
+    /// Which constraint.
+    pub kind: ConstraintKind,
+    /// Power-iteration steps per training forward (spectral_norm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_iterations: Option<usize>,
+}
+
+impl Default for ConstraintConfig {
+    fn default() -> Self {
+        Self {
+            kind: ConstraintKind::SpectralNorm,
+            power_iterations: None,
+        }
+    }
+}
+
+impl ConstraintConfig {
+    /// Power iterations per training forward; 1 when unset, as in the SN paper.
+    pub fn power_iterations(&self) -> usize {
+        self.power_iterations.unwrap_or(1)
+    }
+}
+
+/// `[output]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Run folder; `--out` overrides it.
+    pub dir: PathBuf,
+    /// Write a sample grid every this many generator iterations (0: only at the end).
+    pub sample_every: usize,
+    /// Append a metrics line every this many generator iterations.
+    pub log_every: usize,
+    /// Save generator and critic every this many generator iterations (0: only at the end).
+    pub checkpoint_every: usize,
+    /// The sample grid is `grid_rows` x `grid_rows` images.
+    pub grid_rows: usize,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("runs/sn"),
+            sample_every: 100,
+            log_every: 10,
+            checkpoint_every: 500,
+            grid_rows: 8,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides` (`"train.iterations=200"`), parses and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read config file {}: check the path given to --config",
+                path.display()
+            )
+        })?;
+        Self::from_toml(&text, overrides)
+            .with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses TOML text, applies `overrides` and validates.
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("malformed TOML: {}", one_line(&e.to_string()))
+        })?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value serde cannot; the error names the key and the allowed values.
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        if ![32, 64, 128].contains(&d.image_size) {
+            bail!(
+                "data.image_size = {} is not supported: use 32, 64 or 128",
+                d.image_size
+            );
+        }
+        if ![1, 3].contains(&d.channels) {
+            bail!(
+                "data.channels = {} is not supported: use 1 (grayscale) or 3 (RGB)",
+                d.channels
+            );
+        }
+        if d.dir.as_os_str().is_empty() {
+            bail!("data.dir is empty: set it to a folder of JPEG/PNG images");
+        }
+        let m = &self.model;
+        positive("model.z_dim", m.z_dim)?;
+        positive("model.g_width", m.g_width)?;
+        positive("model.d_width", m.d_width)?;
+        let t = &self.train;
+        positive("train.iterations", t.iterations)?;
+        positive("train.batch_size", t.batch_size)?;
+        positive("train.n_critic", t.n_critic)?;
+        learning_rate("train.lr_g", t.lr_g)?;
+        learning_rate("train.lr_d", t.lr_d)?;
+        unit_interval("train.beta1", t.beta1)?;
+        unit_interval("train.beta2", t.beta2)?;
+        self.validate_constraint()?;
+        let o = &self.output;
+        positive("output.log_every", o.log_every)?;
+        if !(1..=16).contains(&o.grid_rows) {
+            bail!(
+                "output.grid_rows = {} is out of range: use 1 to 16",
+                o.grid_rows
+            );
+        }
+        if o.dir.as_os_str().is_empty() {
+            bail!("output.dir is empty: set it, or pass --out DIR");
+        }
+        Ok(())
+    }
+
+    fn validate_constraint(&self) -> Result<()> {
+        let c = &self.constraint;
+        if let Some(p) = c.power_iterations {
+            if c.kind != ConstraintKind::SpectralNorm {
+                bail!(
+                    "constraint.power_iterations applies only to kind = \"spectral_norm\"; remove it or change constraint.kind"
+                );
+            }
+            if !(1..=100).contains(&p) {
+                bail!("constraint.power_iterations = {p} is out of range: use 1 to 100");
+            }
+        }
+        Ok(())
+    }
+
+    /// The config as TOML, as written into the run folder.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serializes")
+    }
+}
+
+/// Applies one `--set a.b=value` to the raw table. The value is parsed as a TOML value
+/// (`200`, `2e-4`, `true`, `"text"`), and taken as a plain string when it is not one
+/// (`data.dir=/path/to/images`).
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let Some((key, raw)) = item.split_once('=') else {
+        bail!(
+            "--set {item:?} has no '=': write --set section.key=value, e.g. --set train.iterations=200"
+        );
+    };
+    let key = key.trim();
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {item:?}: key {key:?} is not of the form section.key");
+    }
+    let value = parse_value(raw.trim());
+    let (last, sections) = parts.split_last().expect("split yields at least one part");
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("--set {item:?}: {section:?} is a value, not a section"),
+        };
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn positive(key: &str, value: usize) -> Result<()> {
+    if value == 0 {
+        bail!("{key} = 0 is out of range: it must be at least 1");
+    }
+    Ok(())
+}
+
+fn learning_rate(key: &str, value: f64) -> Result<()> {
+    if !(value.is_finite() && value > 0.0 && value < 1.0) {
+        bail!("{key} = {value} is out of range: a learning rate must be > 0 and < 1");
+    }
+    Ok(())
+}
+
+fn unit_interval(key: &str, value: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&value) {
+        bail!("{key} = {value} is out of range: use 0 <= {key} < 1");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, overrides: &[&str]) -> String {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", Config::from_toml(text, &overrides).unwrap_err())
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = Config::from_toml("", &[]).unwrap();
+        assert_eq!(c, Config::from_toml(&c.to_toml(), &[]).unwrap());
+        assert_eq!(c.data.image_size, 32);
+        assert_eq!(c.constraint.kind, ConstraintKind::SpectralNorm);
+        assert_eq!(c.constraint.power_iterations(), 1);
+    }
+
+    #[test]
+    fn overrides_are_parsed_as_toml_values_or_strings() {
+        let c = Config::from_toml(
+            "[train]\niterations = 5\n",
+            &[
+                "train.iterations=200".into(),
+                "train.lr_d = 1e-4".into(),
+                "data.dir=/tmp/some images".into(),
+                "constraint.kind=\"none\"".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.iterations, 200);
+        assert_eq!(c.train.lr_d, 1e-4);
+        assert_eq!(c.data.dir, PathBuf::from("/tmp/some images"));
+        assert_eq!(c.constraint.kind, ConstraintKind::None);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert!(err("[train]\nitrations = 5\n", &[]).contains("itrations"));
+        assert!(err("", &["model.depth=3"]).contains("depth"));
+        assert!(err("[trian]\n", &[]).contains("trian"));
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_and_the_allowed_values() {
+        let e = err("[data]\nimage_size = 48\n", &[]);
+        assert!(
+            e.contains("data.image_size = 48") && e.contains("32, 64 or 128"),
+            "{e}"
+        );
+        assert!(err("[data]\nchannels = 2\n", &[]).contains("data.channels = 2"));
+        assert!(err("[train]\nbatch_size = 0\n", &[]).contains("train.batch_size"));
+        assert!(err("[train]\nn_critic = 0\n", &[]).contains("train.n_critic"));
+        assert!(err("[train]\nlr_g = -1e-4\n", &[]).contains("train.lr_g"));
+        assert!(err("[train]\nlr_d = 0.0\n", &[]).contains("train.lr_d"));
+        assert!(err("[train]\nbeta2 = 1.0\n", &[]).contains("train.beta2"));
+        assert!(err("[output]\ngrid_rows = 0\n", &[]).contains("output.grid_rows"));
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_kinds_are_named() {
+        assert!(err("[train]\niterations = \"many\"\n", &[]).contains("iterations"));
+        let e = err("[constraint]\nkind = \"magic\"\n", &[]);
+        assert!(e.contains("magic") && e.contains("spectral_norm"), "{e}");
+    }
+
+    #[test]
+    fn keys_of_another_constraint_kind_are_rejected() {
+        let e = err("[constraint]\nkind = \"none\"\npower_iterations = 2\n", &[]);
+        assert!(e.contains("constraint.power_iterations"), "{e}");
+    }
+
+    #[test]
+    fn set_without_equals_is_explained() {
+        assert!(err("", &["train.iterations"]).contains("has no '='"));
+    }
+
+    #[test]
+    fn malformed_toml_is_one_line() {
+        let e = err("[train\n", &[]);
+        assert!(e.starts_with("malformed TOML"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+}

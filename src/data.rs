@@ -1,0 +1,363 @@
+//! Training images: a folder (flat or nested) of JPEG/PNG files with no labels, decoded in
+//! parallel once, centre-cropped, resized, kept in memory as `u8`, and served as shuffled
+//! batches scaled to [-1, 1].
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use image::DynamicImage;
+use image::imageops::FilterType;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// File endings taken as images (case-insensitive).
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// All training images in memory, channel-first, `u8`.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    pixels: Vec<u8>,
+    len: usize,
+    channels: usize,
+    size: usize,
+}
+
+/// Files that could not be decoded, reported once as a warning.
+#[derive(Debug, Clone, Default)]
+pub struct Skipped {
+    /// How many files were skipped.
+    pub count: usize,
+    /// The first skipped file and why.
+    pub first: Option<(PathBuf, String)>,
+}
+
+impl Skipped {
+    /// One warning line, or `None` when nothing was skipped.
+    pub fn warning(&self, dir: &Path) -> Option<String> {
+        let (path, why) = self.first.as_ref()?;
+        Some(format!(
+            "warning: skipped {} unreadable image file(s) under {} (first: {}: {})",
+            self.count,
+            dir.display(),
+            path.display(),
+            why
+        ))
+    }
+}
+
+/// How images are prepared on loading.
+#[derive(Debug, Clone, Copy)]
+pub struct Preprocess {
+    /// Output side in pixels.
+    pub size: usize,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+    /// Side of the centred square crop; 0 = the largest centred square.
+    pub crop: usize,
+}
+
+impl ImageSet {
+    /// Loads every image under `dir`, showing a progress bar on a terminal.
+    /// Unreadable files are skipped and counted; no readable image is an error naming `dir`.
+    pub fn load(dir: &Path, prep: Preprocess) -> Result<(Self, Skipped)> {
+        let files = image_files(dir)?;
+        let bar = ProgressBar::new(files.len() as u64).with_style(
+            ProgressStyle::with_template("loading images {bar:30} {pos}/{len} [{elapsed} < {eta}]")
+                .expect("valid template"),
+        );
+        let decoded: Vec<Result<Vec<u8>, String>> = files
+            .par_iter()
+            .map(|path| {
+                let result = decode(path, prep);
+                bar.inc(1);
+                result
+            })
+            .collect();
+        bar.finish_and_clear();
+        let mut skipped = Skipped::default();
+        let per_image = prep.channels * prep.size * prep.size;
+        let mut pixels = Vec::with_capacity(files.len() * per_image);
+        for (path, result) in files.iter().zip(decoded) {
+            match result {
+                Ok(image) => pixels.extend_from_slice(&image),
+                Err(why) => {
+                    skipped.count += 1;
+                    skipped.first.get_or_insert_with(|| (path.clone(), why));
+                }
+            }
+        }
+        let len = pixels.len() / per_image;
+        if len == 0 {
+            let (path, why) = skipped.first.clone().unwrap_or_default();
+            bail!(
+                "none of the {} image files under {} could be read (first: {}: {}); point data.dir at a folder of valid JPEG/PNG images",
+                files.len(),
+                dir.display(),
+                path.display(),
+                why
+            );
+        }
+        let set = Self {
+            pixels,
+            len,
+            channels: prep.channels,
+            size: prep.size,
+        };
+        Ok((set, skipped))
+    }
+
+    /// Wraps already prepared channel-first `u8` images (`len * channels * size * size` bytes).
+    pub fn from_pixels(pixels: Vec<u8>, channels: usize, size: usize) -> Self {
+        let len = pixels.len() / (channels * size * size);
+        assert_eq!(
+            pixels.len(),
+            len * channels * size * size,
+            "ragged pixel buffer"
+        );
+        Self {
+            pixels,
+            len,
+            channels,
+            size,
+        }
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The `u8` pixels of image `index`, channel-first.
+    pub fn image(&self, index: usize) -> &[u8] {
+        let n = self.channels * self.size * self.size;
+        &self.pixels[index * n..(index + 1) * n]
+    }
+
+    /// The images at `indices` as a `[B, C, S, S]` tensor scaled to [-1, 1].
+    pub fn batch(&self, indices: &[usize], device: &Device) -> Tensor<4> {
+        let mut values = Vec::with_capacity(indices.len() * self.channels * self.size * self.size);
+        for &i in indices {
+            values.extend(self.image(i).iter().map(|&p| p as f32 / 127.5 - 1.0));
+        }
+        let shape = [indices.len(), self.channels, self.size, self.size];
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+}
+
+/// Every image file under `dir`, recursively, sorted so that the order (and so a seeded run)
+/// does not depend on the file system.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!(
+            "data folder {} does not exist or is not a folder: set data.dir (or --set data.dir=PATH) to a folder of JPEG/PNG images",
+            dir.display()
+        );
+    }
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).follow_links(true) {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => bail!("cannot read data folder {}: {e}", dir.display()),
+        };
+        if entry.file_type().is_file() && has_image_extension(entry.path()) {
+            files.push(entry.into_path());
+        }
+    }
+    if files.is_empty() {
+        bail!(
+            "no JPEG/PNG images found under {}: set data.dir to a folder that holds .jpg, .jpeg or .png files",
+            dir.display()
+        );
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// Decodes one file into channel-first `u8` pixels, or says why it cannot.
+fn decode(path: &Path, prep: Preprocess) -> Result<Vec<u8>, String> {
+    let image = image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .decode()
+        .map_err(|e| e.to_string())?;
+    Ok(prepare(&image, prep))
+}
+
+/// Centre crop, resize (bilinear, like the PyTorch peer), convert channels, channel-first.
+pub fn prepare(image: &DynamicImage, prep: Preprocess) -> Vec<u8> {
+    let (w, h) = (image.width(), image.height());
+    let largest = w.min(h);
+    let side = match prep.crop {
+        0 => largest,
+        c => (c as u32).min(largest),
+    };
+    let cropped = image.crop_imm((w - side) / 2, (h - side) / 2, side, side);
+    let size = prep.size as u32;
+    let resized = if side == size {
+        cropped
+    } else {
+        cropped.resize_exact(size, size, FilterType::Triangle)
+    };
+    match prep.channels {
+        1 => resized.to_luma8().into_raw(),
+        _ => {
+            let hwc = resized.to_rgb8().into_raw();
+            let plane = prep.size * prep.size;
+            let mut chw = vec![0u8; hwc.len()];
+            for (i, px) in hwc.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    chw[c * plane + i] = px[c];
+                }
+            }
+            chw
+        }
+    }
+}
+
+/// Shuffled batch order: a fresh seeded permutation every epoch; a tail shorter than a batch
+/// is dropped. Serializable, so that a resumed run continues the same order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchSampler {
+    order: Vec<usize>,
+    position: usize,
+    epoch: usize,
+    rng: ChaCha8Rng,
+}
+
+impl BatchSampler {
+    /// A sampler over `len` images, seeded.
+    pub fn new(len: usize, seed: u64) -> Self {
+        let mut sampler = Self {
+            order: (0..len).collect(),
+            position: 0,
+            epoch: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        };
+        sampler.order.shuffle(&mut sampler.rng);
+        sampler
+    }
+
+    /// The indices of the next batch of `batch_size` (`batch_size <= len`).
+    pub fn next_batch(&mut self, batch_size: usize) -> &[usize] {
+        assert!(batch_size <= self.order.len(), "batch larger than the data");
+        if self.position + batch_size > self.order.len() {
+            self.order.shuffle(&mut self.rng);
+            self.position = 0;
+            self.epoch += 1;
+        }
+        let start = self.position;
+        self.position += batch_size;
+        &self.order[start..self.position]
+    }
+
+    /// Completed passes over the data.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgb, RgbImage};
+
+    fn prep(size: usize, channels: usize, crop: usize) -> Preprocess {
+        Preprocess {
+            size,
+            channels,
+            crop,
+        }
+    }
+
+    #[test]
+    fn centre_crop_keeps_the_middle_of_a_wide_image() {
+        // 6x2 image: columns 0-1 black, 2-3 white, 4-5 black; crop 0 -> the middle 2x2.
+        let img = GrayImage::from_fn(6, 2, |x, _| {
+            Luma([if (2..4).contains(&x) { 255 } else { 0 }])
+        });
+        let out = prepare(&DynamicImage::ImageLuma8(img), prep(2, 1, 0));
+        assert_eq!(out, vec![255; 4]);
+    }
+
+    #[test]
+    fn rgb_is_stored_channel_first() {
+        let img = RgbImage::from_pixel(4, 4, Rgb([10, 20, 30]));
+        let out = prepare(&DynamicImage::ImageRgb8(img), prep(4, 3, 0));
+        assert_eq!(&out[0..16], &[10; 16]);
+        assert_eq!(&out[16..32], &[20; 16]);
+        assert_eq!(&out[32..48], &[30; 16]);
+    }
+
+    #[test]
+    fn batches_are_scaled_to_minus_one_one() {
+        let set = ImageSet::from_pixels(vec![0, 255, 51, 204], 1, 1);
+        let batch = set.batch(&[1, 0], &Device::flex());
+        let values = batch.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(values, vec![1.0, -1.0]);
+    }
+
+    #[test]
+    fn sampler_visits_every_image_once_per_epoch_and_reshuffles() {
+        let mut s = BatchSampler::new(10, 7);
+        let mut first: Vec<usize> = (0..5).flat_map(|_| s.next_batch(2).to_vec()).collect();
+        let epoch0 = first.clone();
+        first.sort();
+        assert_eq!(first, (0..10).collect::<Vec<_>>());
+        let epoch1: Vec<usize> = (0..5).flat_map(|_| s.next_batch(2).to_vec()).collect();
+        assert_eq!(s.epoch(), 1);
+        assert_ne!(epoch0, epoch1);
+        // Same seed, same order.
+        let mut t = BatchSampler::new(10, 7);
+        assert_eq!(t.next_batch(2), &epoch0[0..2]);
+    }
+
+    #[test]
+    fn missing_and_empty_folders_are_errors_naming_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = image_files(&missing).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+        let e = image_files(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("no JPEG/PNG images"), "{e}");
+    }
+
+    #[test]
+    fn corrupt_files_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("nested")).unwrap();
+        GrayImage::from_pixel(8, 8, Luma([255]))
+            .save(dir.path().join("nested/good.PNG"))
+            .unwrap();
+        std::fs::write(dir.path().join("bad.jpg"), b"not a jpeg").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+        let (set, skipped) = ImageSet::load(dir.path(), prep(4, 1, 0)).unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.image(0), &[255; 16]);
+        assert_eq!(skipped.count, 1);
+        assert!(skipped.warning(dir.path()).unwrap().contains("bad.jpg"));
+        std::fs::remove_dir_all(dir.path().join("nested")).unwrap();
+        let e = ImageSet::load(dir.path(), prep(4, 1, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("none of the 1 image files") && e.contains("bad.jpg"),
+            "{e}"
+        );
+    }
+}

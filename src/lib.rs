@@ -1,0 +1,15 @@
+//! wgan-train: Wasserstein GANs with a Lipschitz-constrained critic, on Burn.
+//!
+//! The backend is chosen once, at the edge ([`cli`]), and passed in as a Burn `Device`;
+//! everything else is backend-agnostic.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod constraint;
+pub mod data;
+pub mod metrics;
+pub mod model;
+pub mod sample;
+pub mod train;

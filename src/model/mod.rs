@@ -1,0 +1,34 @@
+//! The networks: the DCGAN [`Generator`], the [`Critic`] and its [`SpectralNorm`] layers.
+
+pub mod critic;
+pub mod generator;
+pub mod spectral;
+
+pub use critic::Critic;
+pub use generator::Generator;
+pub use spectral::SpectralNorm;
+
+/// Number of stride-2 stages between 4x4 and `image_size`: log2(image_size / 4).
+pub fn depth(image_size: usize) -> usize {
+    assert!(
+        image_size >= 8 && image_size.is_power_of_two(),
+        "image size {image_size} must be a power of two >= 8"
+    );
+    (image_size / 4).trailing_zeros() as usize
+}
+
+/// Initializes every lazily initialized parameter of `module` now.
+///
+/// Burn initializes parameters on first use and shares that pending initialization between
+/// clones, so a `clone().no_grad()` of a fresh module would switch off gradients of the
+/// original too. The training loop takes untracked clones of both networks; after this call
+/// every clone owns its tracking setting.
+pub fn initialize_params<M: burn::module::Module>(module: &M) {
+    struct Touch;
+    impl burn::module::ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+}

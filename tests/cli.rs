@@ -1,0 +1,203 @@
+//! End-to-end tests: the built binary on tiny generated image folders in a temp dir.
+
+use image::{Rgb, RgbImage};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgan-train"))
+}
+
+/// `count` small RGB images of varied sizes (so crop and resize run), nested one level.
+fn image_folder(root: &Path, count: usize) -> PathBuf {
+    let dir = root.join("images");
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    for i in 0..count {
+        let (w, h) = (40 + (i as u32 % 3) * 4, 36);
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            Rgb([(x * 6) as u8, (y * 7) as u8, (i * 30) as u8])
+        });
+        let sub = if i % 2 == 0 { "" } else { "nested" };
+        let ext = if i % 3 == 0 { "jpg" } else { "png" };
+        img.save(dir.join(sub).join(format!("img{i}.{ext}")))
+            .unwrap();
+    }
+    dir
+}
+
+/// A tiny, fast config: 32x32 grayscale, narrow networks.
+fn tiny_config(root: &Path, data: &Path) -> PathBuf {
+    let path = root.join("tiny.toml");
+    let text = format!(
+        r#"
+[data]
+dir = {data:?}
+image_size = 32
+channels = 1
+
+[model]
+z_dim = 8
+g_width = 4
+d_width = 4
+
+[train]
+iterations = 3
+batch_size = 4
+n_critic = 2
+
+[output]
+dir = {out:?}
+sample_every = 2
+log_every = 1
+grid_rows = 2
+"#,
+        out = root.join("run"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(cmd: &mut Command) -> (Output, String) {
+    let out = cmd.output().expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out, stderr)
+}
+
+fn assert_clean_failure(out: &Output, stderr: &str, needles: &[&str]) {
+    assert!(!out.status.success(), "must fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    }
+}
+
+#[test]
+fn trains_end_to_end_and_writes_grids_metrics_config_and_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 9);
+    let config = tiny_config(tmp.path(), &data);
+    let (out, stderr) = run(binary().arg("--config").arg(&config));
+    assert!(out.status.success(), "{stderr}");
+    let run_dir = tmp.path().join("run");
+
+    // Grids at step 2 and at the end; 2x2 images of 32 px with 2 px padding.
+    for step in [2, 3] {
+        let grid = image::open(run_dir.join(format!("samples/step_{step:06}.png"))).unwrap();
+        assert_eq!((grid.width(), grid.height()), (70, 70), "grid size");
+    }
+    assert!(!run_dir.join("samples/step_000001.png").exists());
+
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["step"], i + 1);
+        for key in [
+            "critic_loss",
+            "generator_loss",
+            "wasserstein",
+            "sec_per_iter",
+            "images_per_sec",
+        ] {
+            assert!(line[key].as_f64().unwrap().is_finite(), "{key} in {line}");
+        }
+        let (d, w) = (
+            line["critic_loss"].as_f64().unwrap(),
+            line["wasserstein"].as_f64().unwrap(),
+        );
+        assert!(
+            (d + w).abs() < 1e-5,
+            "critic loss is minus the W estimate without a penalty"
+        );
+    }
+
+    let resolved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(resolved.contains("kind = \"spectral_norm\""), "{resolved}");
+    for file in ["generator.bpk", "critic.bpk"] {
+        assert!(
+            std::fs::metadata(run_dir.join(file)).unwrap().len() > 0,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn set_overrides_and_out_flag_take_effect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    let out_dir = tmp.path().join("elsewhere");
+    let (out, stderr) = run(binary()
+        .arg("--config")
+        .arg(&config)
+        .args(["--set", "train.iterations=1", "--set", "data.channels=3"])
+        .args([
+            "--set",
+            "output.grid_rows=3",
+            "--set",
+            "constraint.kind=\"none\"",
+        ])
+        .arg("--out")
+        .arg(&out_dir));
+    assert!(out.status.success(), "{stderr}");
+    let grid = image::open(out_dir.join("samples/step_000001.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (104, 104));
+    assert!(grid.as_rgb8().is_some(), "3 channels give an RGB grid");
+    let resolved = std::fs::read_to_string(out_dir.join("config.toml")).unwrap();
+    assert!(resolved.contains("iterations = 1") && resolved.contains("kind = \"none\""));
+}
+
+#[test]
+fn missing_data_folder_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tmp.path(), &tmp.path().join("no-such-folder"));
+    let (out, stderr) = run(binary().arg("--config").arg(&config));
+    assert_clean_failure(&out, &stderr, &["no-such-folder", "data.dir"]);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn unknown_config_key_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 4);
+    let config = tiny_config(tmp.path(), &data);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[train]", "[train]\nepochs = 3");
+    std::fs::write(&config, text).unwrap();
+    let (out, stderr) = run(binary().arg("--config").arg(&config));
+    assert_clean_failure(&out, &stderr, &["epochs", "tiny.toml"]);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn wgpu_backend_not_yet_built_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 4);
+    let config = tiny_config(tmp.path(), &data);
+    let (out, stderr) = run(binary()
+        .arg("--config")
+        .arg(&config)
+        .args(["--backend", "wgpu"]));
+    assert_clean_failure(&out, &stderr, &["wgpu", "--backend flex"]);
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = binary().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--backend",
+        "--set",
+        "--out",
+        "flex",
+        "ndarray",
+        "wgpu",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
