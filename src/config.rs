@@ -132,13 +132,30 @@ impl Default for TrainSection {
 pub enum ConstraintKind {
     /// Every critic kernel divided by its power-iteration spectral norm (Miyato et al. 2018).
     SpectralNorm,
+    /// WGAN-GP: a penalty on the critic's input-gradient norm at random interpolates
+    /// (Gulrajani et al. 2017); `one_sided` penalizes only norms above 1.
+    GradientPenalty,
+    /// Every critic parameter clamped to [-clip_value, clip_value] after each critic step
+    /// (Arjovsky et al. 2017).
+    WeightClipping,
+    /// No normalization in the forward pass; `lambda` * sum of squared layer spectral norms
+    /// added to the critic loss (Yoshida & Miyato 2017, "Spectral Norm Regularization").
+    SpectralPenalty,
     /// No constraint: the unconstrained baseline.
     None,
 }
 
 impl ConstraintKind {
-    /// The TOML spelling of every kind, for error messages.
-    pub const ALLOWED: &'static str = "\"spectral_norm\", \"none\"";
+    /// The TOML spelling of this kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SpectralNorm => "spectral_norm",
+            Self::GradientPenalty => "gradient_penalty",
+            Self::WeightClipping => "weight_clipping",
+            Self::SpectralPenalty => "spectral_penalty",
+            Self::None => "none",
+        }
+    }
 }
 
 /// `[constraint]` table. Keys that do not apply to `kind` are rejected by [`Config::validate`].
@@ -147,9 +164,18 @@ impl ConstraintKind {
 pub struct ConstraintConfig {
     /// Which constraint.
     pub kind: ConstraintKind,
-    /// Power-iteration steps per training forward (spectral_norm).
+    /// Power-iteration steps per training forward (spectral_norm, spectral_penalty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub power_iterations: Option<usize>,
+    /// Penalty weight (gradient_penalty: 10; spectral_penalty: 0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<f64>,
+    /// gradient_penalty: penalize only gradient norms above 1 (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_sided: Option<bool>,
+    /// weight_clipping: the bound c (default 0.01).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_value: Option<f64>,
 }
 
 impl Default for ConstraintConfig {
@@ -157,6 +183,9 @@ impl Default for ConstraintConfig {
         Self {
             kind: ConstraintKind::SpectralNorm,
             power_iterations: None,
+            lambda: None,
+            one_sided: None,
+            clip_value: None,
         }
     }
 }
@@ -165,6 +194,43 @@ impl ConstraintConfig {
     /// Power iterations per training forward; 1 when unset, as in the SN paper.
     pub fn power_iterations(&self) -> usize {
         self.power_iterations.unwrap_or(1)
+    }
+
+    /// The penalty weight; the papers' default for the kind when unset.
+    pub fn lambda(&self) -> f64 {
+        self.lambda.unwrap_or(match self.kind {
+            ConstraintKind::SpectralPenalty => 0.1,
+            _ => 10.0,
+        })
+    }
+
+    /// Whether the gradient penalty is one-sided.
+    pub fn one_sided(&self) -> bool {
+        self.one_sided.unwrap_or(false)
+    }
+
+    /// The clipping bound; 0.01 when unset, as in the WGAN paper.
+    pub fn clip_value(&self) -> f64 {
+        self.clip_value.unwrap_or(0.01)
+    }
+
+    /// Which kinds each optional key applies to.
+    fn key_applies(&self) -> [(&'static str, bool, &'static [ConstraintKind]); 4] {
+        use ConstraintKind::*;
+        [
+            (
+                "power_iterations",
+                self.power_iterations.is_some(),
+                &[SpectralNorm, SpectralPenalty],
+            ),
+            (
+                "lambda",
+                self.lambda.is_some(),
+                &[GradientPenalty, SpectralPenalty],
+            ),
+            ("one_sided", self.one_sided.is_some(), &[GradientPenalty]),
+            ("clip_value", self.clip_value.is_some(), &[WeightClipping]),
+        ]
     }
 }
 
@@ -271,15 +337,30 @@ impl Config {
 
     fn validate_constraint(&self) -> Result<()> {
         let c = &self.constraint;
-        if let Some(p) = c.power_iterations {
-            if c.kind != ConstraintKind::SpectralNorm {
+        for (key, present, kinds) in c.key_applies() {
+            if present && !kinds.contains(&c.kind) {
+                let names: Vec<String> =
+                    kinds.iter().map(|k| format!("\"{}\"", k.name())).collect();
                 bail!(
-                    "constraint.power_iterations applies only to kind = \"spectral_norm\"; remove it or change constraint.kind"
+                    "constraint.{key} does not apply to kind = \"{}\" (only to {}): remove it or change constraint.kind",
+                    c.kind.name(),
+                    names.join(", ")
                 );
             }
-            if !(1..=100).contains(&p) {
-                bail!("constraint.power_iterations = {p} is out of range: use 1 to 100");
-            }
+        }
+        if !(1..=100).contains(&c.power_iterations()) {
+            bail!(
+                "constraint.power_iterations = {} is out of range: use 1 to 100",
+                c.power_iterations()
+            );
+        }
+        let lambda = c.lambda();
+        if !(lambda.is_finite() && lambda >= 0.0) {
+            bail!("constraint.lambda = {lambda} is out of range: use a finite value >= 0");
+        }
+        let clip = c.clip_value();
+        if !(clip.is_finite() && clip > 0.0) {
+            bail!("constraint.clip_value = {clip} is out of range: use a finite value > 0");
         }
         Ok(())
     }
@@ -428,6 +509,42 @@ mod tests {
     fn keys_of_another_constraint_kind_are_rejected() {
         let e = err("[constraint]\nkind = \"none\"\npower_iterations = 2\n", &[]);
         assert!(e.contains("constraint.power_iterations"), "{e}");
+        let e = err(
+            "[constraint]\nkind = \"spectral_norm\"\nclip_value = 0.1\n",
+            &[],
+        );
+        assert!(
+            e.contains("constraint.clip_value") && e.contains("weight_clipping"),
+            "{e}"
+        );
+        let e = err(
+            "[constraint]\nkind = \"weight_clipping\"\none_sided = true\n",
+            &[],
+        );
+        assert!(e.contains("constraint.one_sided"), "{e}");
+        let e = err(
+            "[constraint]\nkind = \"gradient_penalty\"\nlambda = -1.0\n",
+            &[],
+        );
+        assert!(e.contains("constraint.lambda = -1"), "{e}");
+        let e = err(
+            "[constraint]\nkind = \"weight_clipping\"\nclip_value = 0.0\n",
+            &[],
+        );
+        assert!(e.contains("constraint.clip_value = 0"), "{e}");
+    }
+
+    #[test]
+    fn constraint_defaults_follow_the_papers() {
+        let c = |kind: &str| {
+            Config::from_toml(&format!("[constraint]\nkind = \"{kind}\"\n"), &[])
+                .unwrap()
+                .constraint
+        };
+        assert_eq!(c("gradient_penalty").lambda(), 10.0);
+        assert!(!c("gradient_penalty").one_sided());
+        assert_eq!(c("weight_clipping").clip_value(), 0.01);
+        assert_eq!(c("spectral_penalty").lambda(), 0.1);
     }
 
     #[test]
@@ -440,5 +557,37 @@ mod tests {
         let e = err("[train\n", &[]);
         assert!(e.starts_with("malformed TOML"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    #[test]
+    fn every_shipped_config_is_valid_and_names_its_kind() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut seen = 0;
+        for dir in [root.clone(), root.join("celeba")] {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    let c = Config::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+                    let stem = path.file_stem().unwrap().to_str().unwrap();
+                    let expected = match stem {
+                        "sn" => ConstraintKind::SpectralNorm,
+                        "gp" | "gp1" => ConstraintKind::GradientPenalty,
+                        "clip" => ConstraintKind::WeightClipping,
+                        "sp" => ConstraintKind::SpectralPenalty,
+                        "none" => ConstraintKind::None,
+                        other => panic!("unexpected config {other}"),
+                    };
+                    assert_eq!(c.constraint.kind, expected, "{}", path.display());
+                    assert_eq!(c.constraint.one_sided(), stem == "gp1");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 12);
     }
 }

@@ -17,6 +17,9 @@ pub struct Record {
     pub generator_loss: f64,
     /// Wasserstein estimate of the last critic step: mean f(real) - mean f(fake).
     pub wasserstein: f64,
+    /// The constraint's penalty term in the last critic step (gradient or spectral penalty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<f64>,
     /// Mean wall-clock seconds per generator iteration since the previous line.
     pub sec_per_iter: f64,
     /// Real images consumed per second since the previous line.

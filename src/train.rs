@@ -3,7 +3,7 @@
 
 use crate::checkpoint::{save_module, write_atomic};
 use crate::config::{Config, OptimizerKind};
-use crate::constraint::Constraint;
+use crate::constraint::{Constraint, PenaltyInputs};
 use crate::data::{BatchSampler, ImageSet, Preprocess};
 use crate::metrics::{MetricsLog, Record};
 use crate::model::{Critic, Generator};
@@ -13,14 +13,14 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, RmsPropConfig};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The two networks and their optimizers.
-pub struct Models {
+/// The two networks, their optimizers and the critic's constraint.
+pub struct Gan {
     /// G.
     pub generator: Generator,
     /// f.
@@ -29,9 +29,11 @@ pub struct Models {
     pub optim_g: ModuleOptimizer,
     /// Optimizer of f.
     pub optim_d: ModuleOptimizer,
+    /// How f is kept Lipschitz.
+    pub constraint: Constraint,
 }
 
-impl Models {
+impl Gan {
     /// Fresh networks for `config`, initialised from the device RNG seeded with `train.seed`.
     /// `device` should carry autodiff.
     pub fn new(config: &Config, device: &Device) -> Self {
@@ -43,7 +45,7 @@ impl Models {
             d.image_size,
             d.channels,
             m.d_width,
-            constraint.critic_power_iterations(),
+            constraint.critic_spectral(),
             device,
         );
         crate::model::initialize_params(&generator);
@@ -53,6 +55,7 @@ impl Models {
             critic,
             optim_g: optimizer(config),
             optim_d: optimizer(config),
+            constraint,
         }
     }
 }
@@ -74,34 +77,68 @@ fn optimizer(config: &Config) -> ModuleOptimizer {
     }
 }
 
-/// One critic step on a real batch `[B, C, S, S]` and noise `[B, z]`; returns the loss
-/// and the Wasserstein estimate mean f(real) - mean f(fake), both `[1]`.
-pub fn critic_step(
-    models: &mut Models,
-    real: Tensor<4>,
-    z: Tensor<2>,
-    lr: f64,
-) -> (Tensor<1>, Tensor<1>) {
-    let batch = real.dims()[0];
+/// The inputs of one critic step.
+pub struct CriticBatch {
+    /// Real images `[B, C, S, S]` in [-1, 1].
+    pub real: Tensor<4>,
+    /// Noise `[B, z]` for the fake batch.
+    pub z: Tensor<2>,
+    /// `[B, 1, 1, 1]`, uniform in [0, 1]: interpolation weights for the gradient penalty
+    /// (drawn for every kind, so that all kinds see the same noise stream).
+    pub epsilon: Tensor<4>,
+}
+
+/// Scalars `[1]` of one critic step.
+pub struct CriticStats {
+    /// The minimised loss: mean f(fake) - mean f(real) + penalty.
+    pub loss: Tensor<1>,
+    /// mean f(real) - mean f(fake).
+    pub wasserstein: Tensor<1>,
+    /// The constraint's penalty term, if it has one.
+    pub penalty: Option<Tensor<1>>,
+}
+
+/// One critic step: minimise mean f(fake) - mean f(real) (+ the constraint's penalty), then
+/// apply the constraint's post-step (clipping).
+pub fn critic_step(gan: &mut Gan, batch: CriticBatch, lr: f64) -> CriticStats {
+    let CriticBatch { real, z, epsilon } = batch;
+    let n = real.dims()[0];
     // G in training mode (batch statistics) but untracked: the fakes are constants here.
-    let fake = models.generator.clone().no_grad().forward(z).detach(); // [B, C, S, S]
-    let scores = models.critic.forward(Tensor::cat(vec![real, fake], 0)); // [2B, 1]
-    let real_mean = scores.clone().slice(0..batch).mean(); // [1]
-    let fake_mean = scores.slice(batch..2 * batch).mean(); // [1]
+    let fake = gan.generator.clone().no_grad().forward(z).detach(); // [B, C, S, S]
+    // One forward over real and fake together (one power iteration under SN).
+    let scores = gan
+        .critic
+        .forward(Tensor::cat(vec![real.clone(), fake.clone()], 0)); // [2B, 1]
+    let real_mean = scores.clone().slice(0..n).mean(); // [1]
+    let fake_mean = scores.slice(n..2 * n).mean(); // [1]
     let wasserstein = (real_mean.clone() - fake_mean.clone()).detach();
-    let loss = fake_mean - real_mean;
-    let grads = GradientsParams::from_grads(loss.backward(), &models.critic);
-    models.critic = models.optim_d.step(lr, models.critic.clone(), grads);
-    (loss.detach(), wasserstein)
+    let inputs = PenaltyInputs {
+        real,
+        fake,
+        epsilon,
+    };
+    let penalty = gan.constraint.penalty(&gan.critic, inputs);
+    let loss = match &penalty {
+        Some(p) => fake_mean - real_mean + p.clone(),
+        None => fake_mean - real_mean,
+    };
+    let grads = GradientsParams::from_grads(loss.backward(), &gan.critic);
+    let critic = gan.optim_d.step(lr, gan.critic.clone(), grads);
+    gan.critic = gan.constraint.after_critic_step(critic);
+    CriticStats {
+        loss: loss.detach(),
+        wasserstein,
+        penalty: penalty.map(Tensor::detach),
+    }
 }
 
 /// One generator step on noise `[B, z]`; returns the loss -mean f(G(z)).
-pub fn generator_step(models: &mut Models, z: Tensor<2>, lr: f64) -> Tensor<1> {
+pub fn generator_step(gan: &mut Gan, z: Tensor<2>, lr: f64) -> Tensor<1> {
     // The critic's weights get no gradient in this step.
-    let critic = models.critic.clone().no_grad();
-    let loss = critic.forward(models.generator.forward(z)).mean().neg(); // [1]
-    let grads = GradientsParams::from_grads(loss.backward(), &models.generator);
-    models.generator = models.optim_g.step(lr, models.generator.clone(), grads);
+    let critic = gan.critic.clone().no_grad();
+    let loss = critic.forward(gan.generator.forward(z)).mean().neg(); // [1]
+    let grads = GradientsParams::from_grads(loss.backward(), &gan.generator);
+    gan.generator = gan.optim_g.step(lr, gan.generator.clone(), grads);
     loss.detach()
 }
 
@@ -110,6 +147,12 @@ pub fn generator_step(models: &mut Models, z: Tensor<2>, lr: f64) -> Tensor<1> {
 pub fn noise(rng: &mut ChaCha8Rng, n: usize, z_dim: usize, device: &Device) -> Tensor<2> {
     let values: Vec<f32> = (0..n * z_dim).map(|_| StandardNormal.sample(rng)).collect();
     Tensor::from_data(TensorData::new(values, [n, z_dim]), device)
+}
+
+/// Uniform [0, 1) interpolation weights `[n, 1, 1, 1]` from the host RNG.
+pub fn epsilon(rng: &mut ChaCha8Rng, n: usize, device: &Device) -> Tensor<4> {
+    let values: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
+    Tensor::from_data(TensorData::new(values, [n, 1, 1, 1]), device)
 }
 
 /// What a finished run leaves behind.
@@ -129,7 +172,7 @@ pub fn train(config: &Config, run_dir: &Path, device: &Device) -> Result<Summary
     prepare_run_dir(config, run_dir)?;
     let data = load_data(config)?;
     let device = device.clone().autodiff();
-    let mut models = Models::new(config, &device);
+    let mut gan = Gan::new(config, &device);
     let t = &config.train;
     let mut sampler = BatchSampler::new(data.len(), t.seed);
     let mut rng = ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
@@ -143,18 +186,18 @@ pub fn train(config: &Config, run_dir: &Path, device: &Device) -> Result<Summary
     for step in 1..=t.iterations {
         let mut critic_out = None;
         for _ in 0..t.n_critic {
-            let real = data.batch(sampler.next_batch(t.batch_size), &device);
-            let z = noise(&mut rng, t.batch_size, config.model.z_dim, &device);
-            critic_out = Some(critic_step(&mut models, real, z, t.lr_d));
+            let batch = CriticBatch {
+                real: data.batch(sampler.next_batch(t.batch_size), &device),
+                z: noise(&mut rng, t.batch_size, config.model.z_dim, &device),
+                epsilon: epsilon(&mut rng, t.batch_size, &device),
+            };
+            critic_out = Some(critic_step(&mut gan, batch, t.lr_d));
         }
-        let (critic_loss, wasserstein) = critic_out.expect("n_critic >= 1");
+        let stats = critic_out.expect("n_critic >= 1");
         let z = noise(&mut rng, t.batch_size, config.model.z_dim, &device);
-        let generator_loss = generator_step(&mut models, z, t.lr_g);
-        let (critic_loss, wasserstein, generator_loss) = (
-            scalar(critic_loss),
-            scalar(wasserstein),
-            scalar(generator_loss),
-        );
+        let generator_loss = scalar(generator_step(&mut gan, z, t.lr_g));
+        let (critic_loss, wasserstein) = (scalar(stats.loss), scalar(stats.wasserstein));
+        let penalty = stats.penalty.map(scalar);
         check_finite(
             step,
             &[("critic", critic_loss), ("generator", generator_loss)],
@@ -172,6 +215,7 @@ pub fn train(config: &Config, run_dir: &Path, device: &Device) -> Result<Summary
                 critic_loss,
                 generator_loss,
                 wasserstein,
+                penalty,
                 sec_per_iter: secs,
                 images_per_sec: (t.batch_size * t.n_critic) as f64 / secs,
                 elapsed_s: start.elapsed().as_secs_f64(),
@@ -179,10 +223,10 @@ pub fn train(config: &Config, run_dir: &Path, device: &Device) -> Result<Summary
             window = (Instant::now(), 0);
         }
         if every(step, config.output.sample_every) || last {
-            last_grid = write_grid(&models.generator, fixed_noise.clone(), rows, run_dir, step)?;
+            last_grid = write_grid(&gan.generator, fixed_noise.clone(), rows, run_dir, step)?;
         }
         if every(step, config.output.checkpoint_every) || last {
-            save_checkpoint(&models, run_dir)?;
+            save_checkpoint(&gan, run_dir)?;
         }
     }
     bar.finish_and_clear();
@@ -268,7 +312,139 @@ fn write_grid(
     Ok(path)
 }
 
-fn save_checkpoint(models: &Models, run_dir: &Path) -> Result<()> {
-    save_module(&models.generator, &run_dir.join("generator.bpk"))?;
-    save_module(&models.critic, &run_dir.join("critic.bpk"))
+fn save_checkpoint(gan: &Gan, run_dir: &Path) -> Result<()> {
+    save_module(&gan.generator, &run_dir.join("generator.bpk"))?;
+    save_module(&gan.critic, &run_dir.join("critic.bpk"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_config(kind: &str) -> Config {
+        let text = format!(
+            "[data]\nimage_size = 32\nchannels = 1\n[model]\nz_dim = 8\ng_width = 4\nd_width = 4\n[constraint]\nkind = \"{kind}\"\n"
+        );
+        Config::from_toml(&text, &[]).unwrap()
+    }
+
+    fn params<M: Module>(module: &M) -> Vec<Vec<f32>> {
+        struct Collect(Vec<Vec<f32>>);
+        impl burn::module::ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                self.0
+                    .push(p.val().into_data().convert::<f32>().try_to_vec().unwrap());
+            }
+        }
+        let mut c = Collect(Vec::new());
+        module.visit(&mut c);
+        c.0
+    }
+
+    fn batch(device: &Device, rng: &mut ChaCha8Rng) -> CriticBatch {
+        CriticBatch {
+            real: Tensor::random([4, 1, 32, 32], burn::tensor::Distribution::Default, device),
+            z: noise(rng, 4, 8, device),
+            epsilon: epsilon(rng, 4, device),
+        }
+    }
+
+    const KINDS: [&str; 5] = [
+        "spectral_norm",
+        "gradient_penalty",
+        "weight_clipping",
+        "spectral_penalty",
+        "none",
+    ];
+
+    #[test]
+    fn critic_step_moves_only_the_critic_and_generator_step_only_the_generator() {
+        for kind in KINDS {
+            let device = Device::flex().autodiff();
+            let mut gan = Gan::new(&tiny_config(kind), &device);
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            for _ in 0..2 {
+                let (g0, d0) = (params(&gan.generator), params(&gan.critic));
+                critic_step(&mut gan, batch(&device, &mut rng), 1e-3);
+                let (g1, d1) = (params(&gan.generator), params(&gan.critic));
+                // BatchNorm running statistics move in the critic step (G runs in training
+                // mode), but no trainable generator weight does.
+                assert_eq!(g0[0], g1[0], "{kind}: critic step moved G's projection");
+                assert_ne!(d0[0], d1[0], "{kind}: critic step left the critic");
+                generator_step(&mut gan, noise(&mut rng, 4, 8, &device), 1e-3);
+                let (g2, d2) = (params(&gan.generator), params(&gan.critic));
+                assert_ne!(g1[0], g2[0], "{kind}: generator step left G");
+                assert_eq!(d1[0], d2[0], "{kind}: generator step moved the critic");
+            }
+        }
+    }
+
+    #[test]
+    fn the_loss_is_the_penalty_minus_the_wasserstein_estimate_and_falls_on_a_fixed_batch() {
+        for kind in KINDS {
+            let device = Device::flex().autodiff();
+            let mut gan = Gan::new(&tiny_config(kind), &device);
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let fixed = batch(&device, &mut rng);
+            let mut losses = Vec::new();
+            for _ in 0..20 {
+                let b = CriticBatch {
+                    real: fixed.real.clone(),
+                    z: fixed.z.clone(),
+                    epsilon: fixed.epsilon.clone(),
+                };
+                let stats = critic_step(&mut gan, b, 1e-3);
+                let penalty = stats.penalty.map(scalar).unwrap_or(0.0);
+                let (loss, w) = (scalar(stats.loss), scalar(stats.wasserstein));
+                assert!((loss + w - penalty).abs() < 1e-5, "{kind}");
+                losses.push(loss);
+            }
+            assert!(
+                losses[19] < losses[0] - 1e-4,
+                "{kind}: loss did not fall: {losses:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn after_a_clipping_step_every_critic_parameter_lies_in_the_bound() {
+        let device = Device::flex().autodiff();
+        let config = Config::from_toml(
+            "[model]\nz_dim = 8\ng_width = 4\nd_width = 4\n[constraint]\nkind = \"weight_clipping\"\nclip_value = 0.005\n",
+            &[],
+        )
+        .unwrap();
+        let mut gan = Gan::new(&config, &device);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let before: f32 = params(&gan.critic)
+            .iter()
+            .flatten()
+            .fold(0.0, |m, v| m.max(v.abs()));
+        assert!(before > 0.005, "the initial weights exceed the bound");
+        critic_step(&mut gan, batch(&device, &mut rng), 1e-3);
+        for p in params(&gan.critic) {
+            assert!(
+                p.iter().all(|v| v.abs() <= 0.005),
+                "a parameter escaped the bound"
+            );
+        }
+    }
+
+    #[test]
+    fn noise_is_standard_normal_and_reproducible() {
+        let device = Device::flex();
+        let a = noise(&mut ChaCha8Rng::seed_from_u64(3), 100, 100, &device);
+        let b = noise(&mut ChaCha8Rng::seed_from_u64(3), 100, 100, &device);
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.into_data().try_to_vec().unwrap(),
+            b.into_data().try_to_vec().unwrap(),
+        );
+        assert_eq!(a, b);
+        let mean = a.iter().sum::<f32>() / a.len() as f32;
+        let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / a.len() as f32;
+        assert!(
+            mean.abs() < 0.05 && (var - 1.0).abs() < 0.05,
+            "mean {mean} var {var}"
+        );
+    }
 }

@@ -201,3 +201,43 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn every_constraint_kind_trains_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    let kinds: [(&str, &[&str], bool); 5] = [
+        ("spectral_norm", &["constraint.power_iterations=2"], false),
+        (
+            "gradient_penalty",
+            &["constraint.one_sided=true", "constraint.lambda=5.0"],
+            true,
+        ),
+        (
+            "weight_clipping",
+            &["constraint.clip_value=0.02", "train.optimizer=\"rmsprop\""],
+            false,
+        ),
+        ("spectral_penalty", &["constraint.lambda=0.5"], true),
+        ("none", &[], false),
+    ];
+    for (kind, extra, has_penalty) in kinds {
+        let out_dir = tmp.path().join(kind);
+        let mut cmd = binary();
+        cmd.arg("--config").arg(&config).arg("--out").arg(&out_dir);
+        cmd.args(["--set", &format!("constraint.kind=\"{kind}\"")]);
+        for e in extra {
+            cmd.args(["--set", e]);
+        }
+        let (out, stderr) = run(&mut cmd);
+        assert!(out.status.success(), "{kind}: {stderr}");
+        assert!(out_dir.join("samples/step_000003.png").exists(), "{kind}");
+        let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value =
+            serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+        assert_eq!(last["penalty"].is_f64(), has_penalty, "{kind}: {last}");
+        let resolved = std::fs::read_to_string(out_dir.join("config.toml")).unwrap();
+        assert!(resolved.contains(&format!("kind = \"{kind}\"")), "{kind}");
+    }
+}

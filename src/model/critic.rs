@@ -1,13 +1,13 @@
 //! The critic f: n x [Conv 4x4 stride 2 pad 1, LeakyReLU 0.2], then Linear -> 1.
 //! No normalization layers, so that every constraint acts on the same function class.
 
-use super::spectral::SpectralNorm;
+use super::spectral::{SpectralNorm, SpectralOptions, as_matrix};
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::activation::leaky_relu;
-use burn::tensor::module::{conv2d, linear};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv_transpose2d, conv2d, linear};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 /// LeakyReLU slope of every hidden critic layer.
 pub const LEAKY_SLOPE: f64 = 0.2;
@@ -32,13 +32,13 @@ impl CriticConv {
     fn new(
         channels_in: usize,
         channels_out: usize,
-        power_iterations: Option<usize>,
+        spectral: Option<SpectralOptions>,
         device: &Device,
     ) -> Self {
         let fan_in = channels_in * 16;
         let weight = torch_default_init([channels_out, channels_in, 4, 4], fan_in, device);
         let bias = torch_default_init([channels_out], fan_in, device);
-        let spectral = power_iterations.map(|p| SpectralNorm::new(&weight.val(), p));
+        let spectral = spectral.map(|options| SpectralNorm::new(&weight.val(), options));
         Self {
             weight,
             bias,
@@ -49,14 +49,42 @@ impl CriticConv {
     /// The kernel as used in the forward pass (`W / sigma` under spectral normalization).
     pub fn kernel(&self) -> Tensor<4> {
         match &self.spectral {
-            Some(sn) => sn.normalize(self.weight.val()),
-            None => self.weight.val(),
+            Some(sn) if sn.in_forward => sn.normalize(self.weight.val()),
+            _ => self.weight.val(),
         }
     }
 
     /// `[B, in, H, W]` -> `[B, out, H/2, W/2]`, before the activation.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(x, self.kernel(), Some(self.bias.val()), Self::options())
+        self.forward_with(self.kernel(), x)
+    }
+
+    /// The forward pass with a given kernel (as returned by [`kernel`](Self::kernel)).
+    pub fn forward_with(&self, kernel: Tensor<4>, x: Tensor<4>) -> Tensor<4> {
+        conv2d(x, kernel, Some(self.bias.val()), Self::options())
+    }
+
+    /// The input gradient of this convolution: `upstream` `[B, out, h, w]` (d loss / d output)
+    /// -> d loss / d input `[B, in, H, W]`, written with differentiable ops so that autodiff
+    /// can differentiate it again with respect to `kernel`. The adjoint of a convolution is the
+    /// transposed convolution with the same kernel, stride and padding; the output padding
+    /// `(H + 2p - k) mod s` restores the input size (as Burn's own `conv2d_x_backward`).
+    pub fn input_gradient(
+        kernel: Tensor<4>,
+        upstream: Tensor<4>,
+        input_size: [usize; 2],
+    ) -> Tensor<4> {
+        let [_, _, kh, kw] = kernel.dims();
+        let o = Self::options();
+        let out_pad = |i: usize| (input_size[i] + 2 * o.padding[i].0 - [kh, kw][i]) % o.stride[i];
+        let options = ConvTransposeOptions::new(
+            o.stride,
+            [o.padding[0].0, o.padding[1].0],
+            [out_pad(0), out_pad(1)],
+            o.dilation,
+            1,
+        );
+        conv_transpose2d(upstream, kernel, None, options)
     }
 }
 
@@ -72,10 +100,10 @@ pub struct CriticLinear {
 }
 
 impl CriticLinear {
-    fn new(d_in: usize, d_out: usize, power_iterations: Option<usize>, device: &Device) -> Self {
+    fn new(d_in: usize, d_out: usize, spectral: Option<SpectralOptions>, device: &Device) -> Self {
         let weight = torch_default_init([d_out, d_in], d_in, device);
         let bias = torch_default_init([d_out], d_in, device);
-        let spectral = power_iterations.map(|p| SpectralNorm::new(&weight.val(), p));
+        let spectral = spectral.map(|options| SpectralNorm::new(&weight.val(), options));
         Self {
             weight,
             bias,
@@ -86,15 +114,40 @@ impl CriticLinear {
     /// The weight as used in the forward pass, `[out, in]`.
     pub fn kernel(&self) -> Tensor<2> {
         match &self.spectral {
-            Some(sn) => sn.normalize(self.weight.val()),
-            None => self.weight.val(),
+            Some(sn) if sn.in_forward => sn.normalize(self.weight.val()),
+            _ => self.weight.val(),
         }
     }
 
     /// `[B, in]` -> `[B, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        linear(x, self.kernel().transpose(), Some(self.bias.val()))
+        self.forward_with(self.kernel(), x)
     }
+
+    /// The forward pass with a given `[out, in]` kernel.
+    pub fn forward_with(&self, kernel: Tensor<2>, x: Tensor<2>) -> Tensor<2> {
+        linear(x, kernel.transpose(), Some(self.bias.val()))
+    }
+
+    /// `upstream` `[B, out]` -> d loss / d input `[B, in]`: a product with the kernel.
+    pub fn input_gradient(kernel: Tensor<2>, upstream: Tensor<2>) -> Tensor<2> {
+        upstream.matmul(kernel)
+    }
+}
+
+/// The derivative of LeakyReLU at the pre-activation `a`: 1 where a > 0, else the slope.
+/// Piecewise constant, so a constant for autodiff (as in PyTorch's double backward).
+pub fn leaky_relu_derivative<const D: usize>(a: Tensor<D>) -> Tensor<D> {
+    let a = a.detach();
+    Tensor::ones_like(&a).mask_fill(a.lower_equal_elem(0.0), LEAKY_SLOPE)
+}
+
+/// The kernels of every critic layer as used in one forward pass.
+pub struct Kernels {
+    /// One per convolution, `[out, in, 4, 4]`.
+    pub convs: Vec<Tensor<4>>,
+    /// The head, `[1, in]`.
+    pub head: Tensor<2>,
 }
 
 /// The critic (discriminator) of the WGAN.
@@ -108,33 +161,105 @@ pub struct Critic {
 
 impl Critic {
     /// A critic for `image_size` x `image_size` x `channels` images: n = log2(image_size/4)
-    /// convolutions from `width` channels, doubling. `power_iterations` = `Some(k)` puts a
-    /// spectral normalization with k iterations per training forward on every layer.
+    /// convolutions from `width` channels, doubling. `spectral` puts spectral-norm state on
+    /// every layer.
     pub fn new(
         image_size: usize,
         channels: usize,
         width: usize,
-        power_iterations: Option<usize>,
+        spectral: Option<SpectralOptions>,
         device: &Device,
     ) -> Self {
         let n = super::depth(image_size);
         let mut convs = Vec::with_capacity(n);
         let (mut c_in, mut c_out) = (channels, width);
         for _ in 0..n {
-            convs.push(CriticConv::new(c_in, c_out, power_iterations, device));
+            convs.push(CriticConv::new(c_in, c_out, spectral, device));
             (c_in, c_out) = (c_out, c_out * 2);
         }
-        let head = CriticLinear::new(16 * c_in, 1, power_iterations, device);
+        let head = CriticLinear::new(16 * c_in, 1, spectral, device);
         Self { convs, head }
     }
 
     /// `[B, C, H, W]` -> `[B, 1]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut h = x;
-        for conv in &self.convs {
-            h = leaky_relu(conv.forward(h), LEAKY_SLOPE); // [B, c, H/2^i, W/2^i]
+        self.forward_with(&self.kernels(), x).0
+    }
+
+    /// Sum over layers of sigma(W)^2 from the persistent power iteration (refined first in
+    /// training), differentiable in W; zero without spectral-norm state.
+    pub fn squared_spectral_norms(&self) -> Tensor<1> {
+        let conv = self.convs.iter().filter_map(|c| {
+            let sn = c.spectral.as_ref()?;
+            Some(sn.sigma(as_matrix(c.weight.val())).powf_scalar(2.0))
+        });
+        let head = self
+            .head
+            .spectral
+            .as_ref()
+            .map(|sn| sn.sigma(self.head.weight.val()).powf_scalar(2.0));
+        let device = self.head.weight.val().device();
+        conv.chain(head)
+            .fold(Tensor::zeros([1], &device), |acc, s| acc + s)
+    }
+
+    /// The kernels as used in the forward pass; under spectral normalization in training this
+    /// runs the power iteration, once per call.
+    pub fn kernels(&self) -> Kernels {
+        Kernels {
+            convs: self.convs.iter().map(CriticConv::kernel).collect(),
+            head: self.head.kernel(),
         }
-        self.head.forward(h.flatten(1, 3)) // [B, 1]
+    }
+
+    /// The forward pass with given kernels: the output `[B, 1]` and the pre-activation of
+    /// every convolution (`[B, c_i, H/2^i, W/2^i]`), which the input gradient needs.
+    pub fn forward_with(&self, kernels: &Kernels, x: Tensor<4>) -> (Tensor<2>, Vec<Tensor<4>>) {
+        let mut h = x;
+        let mut pre_activations = Vec::with_capacity(self.convs.len());
+        for (conv, kernel) in self.convs.iter().zip(&kernels.convs) {
+            let a = conv.forward_with(kernel.clone(), h); // [B, c, H/2^i, W/2^i]
+            h = leaky_relu(a.clone(), LEAKY_SLOPE);
+            pre_activations.push(a);
+        }
+        let out = self
+            .head
+            .forward_with(kernels.head.clone(), h.flatten(1, 3)); // [B, 1]
+        (out, pre_activations)
+    }
+
+    /// `grad_x sum_b f(x_b)` `[B, C, H, W]` (each sample's gradient of its own score), written
+    /// with differentiable tensor ops so that a loss on it (the gradient penalty) has its
+    /// exact gradient with respect to every critic parameter under first-order autodiff.
+    ///
+    /// The forward pass that gives the LeakyReLU masks runs on detached kernels and input:
+    /// the masks are constants, and nothing else of that pass is needed.
+    pub fn input_gradient(&self, x: Tensor<4>) -> Tensor<4> {
+        let kernels = self.kernels();
+        let detached = Kernels {
+            convs: kernels.convs.iter().map(|k| k.clone().detach()).collect(),
+            head: kernels.head.clone().detach(),
+        };
+        let [batch, _, height, width] = x.dims();
+        let (out, pre_activations) = self.forward_with(&detached, x.detach());
+        // Spatial size of each convolution's input: the image, then each earlier output.
+        let mut input_sizes = vec![[height, width]];
+        input_sizes.extend(pre_activations.iter().map(|a| [a.dims()[2], a.dims()[3]]));
+        input_sizes.pop(); // the last output is no convolution's input
+        let [_, c, h, w] = pre_activations.last().expect("at least one conv").dims();
+        let upstream = Tensor::ones_like(&out); // [B, 1]: d sum(f) / d f
+        let g = CriticLinear::input_gradient(kernels.head, upstream); // [B, 16 c]
+        let mut g = g.reshape([batch, c, h, w]);
+        let layers = kernels
+            .convs
+            .into_iter()
+            .zip(pre_activations)
+            .zip(input_sizes);
+        for ((kernel, a), size) in layers.rev() {
+            g = g * leaky_relu_derivative(a); // through LeakyReLU
+            g = CriticConv::input_gradient(kernel, g, size); // [B, c_in, size]
+        }
+        g
     }
 }
 
@@ -150,4 +275,46 @@ fn torch_default_init<const D: usize>(
         max: bound,
     }
     .init(shape, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::spectral::SpectralOptions;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn explicit_input_gradient_equals_autodiff_first_order_gradient() {
+        let device = Device::flex().autodiff();
+        device.seed(21);
+        let sn = Some(SpectralOptions {
+            power_iterations: 1,
+            in_forward: true,
+        });
+        // (image size, channels, width, spectral norm)
+        for (size, channels, width, spectral) in [
+            (32, 1, 4, None),
+            (32, 3, 8, sn),
+            (64, 3, 4, None),
+            (64, 1, 2, sn),
+            (128, 3, 2, None),
+        ] {
+            // Frozen: no power iteration between the two passes, no weight gradients.
+            let critic = Critic::new(size, channels, width, spectral, &device).freeze();
+            let x = Tensor::<4>::random(
+                [3, channels, size, size],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+            .require_grad();
+            let autodiff = x.grad(&critic.forward(x.clone()).sum().backward()).unwrap();
+            let explicit = critic.input_gradient(x);
+            let scale = autodiff.clone().abs().max().into_scalar::<f32>();
+            let diff = (explicit - autodiff).abs().max().into_scalar::<f32>();
+            assert!(
+                scale > 0.0 && diff <= 1e-5 * scale,
+                "{size}x{size}x{channels} w{width}: {diff} vs {scale}"
+            );
+        }
+    }
 }

@@ -17,6 +17,16 @@ pub const WARMUP_ITERATIONS: usize = 15;
 /// `F.normalize`'s floor on the norm, so that a zero vector stays finite.
 const NORM_EPS: f64 = 1e-12;
 
+/// How a critic layer uses its spectral-norm state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpectralOptions {
+    /// Power-iteration steps per training forward.
+    pub power_iterations: usize,
+    /// Divide the kernel by sigma in the forward pass (spectral_norm); when false, sigma is
+    /// only estimated, for a penalty (spectral_penalty).
+    pub in_forward: bool,
+}
+
 /// Persistent power-iteration state of one kernel, saved and loaded with the model.
 #[derive(Module, Debug)]
 pub struct SpectralNorm {
@@ -28,12 +38,14 @@ pub struct SpectralNorm {
     pub training: Param<Flag>,
     /// Power-iteration steps per training forward.
     pub power_iterations: usize,
+    /// Whether the layer divides its kernel by sigma in the forward pass.
+    pub in_forward: bool,
 }
 
 impl SpectralNorm {
     /// Random normal, normalized `u` for `kernel` (drawn from the device's seeded RNG), then
     /// [`WARMUP_ITERATIONS`] power iterations, which also give `v`.
-    pub fn new<const D: usize>(kernel: &Tensor<D>, power_iterations: usize) -> Self {
+    pub fn new<const D: usize>(kernel: &Tensor<D>, options: SpectralOptions) -> Self {
         let matrix = as_matrix(kernel.clone()).detach();
         let [rows, cols] = matrix.dims();
         let device = matrix.device();
@@ -48,7 +60,8 @@ impl SpectralNorm {
             u: RunningState::new(u),
             v: RunningState::new(v),
             training: Param::from_bool(true),
-            power_iterations,
+            power_iterations: options.power_iterations,
+            in_forward: options.in_forward,
         }
     }
 
@@ -149,6 +162,13 @@ mod tests {
         Device::flex().autodiff()
     }
 
+    fn opts(power_iterations: usize) -> SpectralOptions {
+        SpectralOptions {
+            power_iterations,
+            in_forward: true,
+        }
+    }
+
     fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
@@ -179,7 +199,7 @@ mod tests {
         ];
         for kernel in kernels {
             // Warm-up: one training forward with many power iterations.
-            let sn = SpectralNorm::new(&kernel, 500);
+            let sn = SpectralNorm::new(&kernel, opts(500));
             let normalized = sn.normalize(kernel.clone());
             let exact = exact_sigma(kernel.clone());
             let estimate = sn.estimate(&kernel) as f64;
@@ -202,7 +222,7 @@ mod tests {
         let device = device();
         device.seed(2);
         let kernel = random([64, 32, 4, 4], &device);
-        let sn = SpectralNorm::new(&kernel, 1);
+        let sn = SpectralNorm::new(&kernel, opts(1));
         for _ in 0..300 {
             let _ = sn.normalize(kernel.clone());
         }
@@ -215,7 +235,7 @@ mod tests {
     fn u_changes_in_a_training_forward_and_not_in_eval() {
         let device = device();
         device.seed(3);
-        let critic = Critic::new(32, 1, 8, Some(1), &device);
+        let critic = Critic::new(32, 1, 8, Some(opts(1)), &device);
         let x = random([2, 1, 32, 32], &device);
         let u = |c: &Critic| to_vec(c.convs[1].spectral.as_ref().unwrap().u.value());
         let before = u(&critic);
@@ -233,7 +253,7 @@ mod tests {
     fn u_is_unchanged_by_the_optimizer_step_and_round_trips_through_save_load() {
         let device = device();
         device.seed(4);
-        let critic = Critic::new(32, 1, 8, Some(1), &device);
+        let critic = Critic::new(32, 1, 8, Some(opts(1)), &device);
         let x = random([2, 1, 32, 32], &device);
         let loss = critic.forward(x).mean();
         let u = |c: &Critic| to_vec(c.convs[1].spectral.as_ref().unwrap().u.value());
@@ -255,7 +275,7 @@ mod tests {
         let path = dir.path().join("critic.bpk");
         save_module(&stepped, &path).unwrap();
         device.seed(99);
-        let fresh = Critic::new(32, 1, 8, Some(1), &device);
+        let fresh = Critic::new(32, 1, 8, Some(opts(1)), &device);
         assert_ne!(u(&fresh), u_forward);
         let loaded = load_module(fresh, &path).unwrap();
         assert_eq!(u(&loaded), u_forward);
@@ -270,7 +290,7 @@ mod tests {
     fn saved_u_is_the_latest_after_several_forwards() {
         let device = device();
         device.seed(5);
-        let critic = Critic::new(32, 1, 8, Some(1), &device);
+        let critic = Critic::new(32, 1, 8, Some(opts(1)), &device);
         for _ in 0..3 {
             let _ = critic.forward(random([2, 1, 32, 32], &device));
         }
@@ -278,7 +298,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("critic.bpk");
         save_module(&critic, &path).unwrap();
-        let loaded = load_module(Critic::new(32, 1, 8, Some(1), &device), &path).unwrap();
+        let loaded = load_module(Critic::new(32, 1, 8, Some(opts(1)), &device), &path).unwrap();
         assert_eq!(
             to_vec(loaded.convs[2].spectral.as_ref().unwrap().u.value()),
             latest
@@ -291,7 +311,7 @@ mod tests {
         device.seed(6);
         let (rows, cols) = (6, 10);
         let w = random([rows, cols], &device);
-        let sn = SpectralNorm::new(&w, 2000); // converged
+        let sn = SpectralNorm::new(&w, opts(2000)); // converged
         let _ = sn.normalize(w.clone());
         let sn = sn.freeze(); // u, v fixed from here on
         let w = w.require_grad();
@@ -332,7 +352,7 @@ mod tests {
         // proven: on random inputs and on real images.)
         let device = device();
         device.seed(7);
-        let critic = Critic::new(32, 1, 16, Some(1), &device);
+        let critic = Critic::new(32, 1, 16, Some(opts(1)), &device);
         for _ in 0..100 {
             let _ = critic.forward(random([1, 1, 32, 32], &device));
         }
