@@ -1,21 +1,41 @@
-//! Command-line interface: parse flags, load and validate the config, pick the device, train.
+//! Command-line interface: parse flags, load and validate the config, pick the device, run.
 
 use crate::backend::Backend;
 use crate::config::Config;
-use crate::train;
-use anyhow::Result;
-use clap::Parser;
-use std::path::PathBuf;
+use crate::model::Generator;
+use crate::train::{self, Ended, Start};
+use crate::{checkpoint, export, sample};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Exit code after Ctrl-C (128 + SIGINT), as shells use.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Train a Wasserstein GAN whose critic is kept Lipschitz (spectral normalization by default),
 /// writing sample grids, metrics and checkpoints into a run folder.
 #[derive(Debug, Parser)]
-#[command(name = "wgan-train", version, about, long_about = None)]
+#[command(name = "wgan-train", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    /// TOML config file (see configs/ and the README's config reference).
+    /// Sample from or export a trained run instead of training.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Training flags (the default command).
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+/// Flags of a training run.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML config file (see configs/ and the README's config reference). With --resume it may
+    /// be left out: the run's own config.toml is used.
     #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 
     /// Compute backend: flex (CPU, default), ndarray (CPU, slow, deprecated by Burn) or wgpu (GPU).
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
@@ -29,6 +49,64 @@ pub struct Cli {
     /// Run folder (overrides output.dir).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+
+    /// Continue the run in the run folder from its newest usable checkpoint.
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+
+    /// Start over in a run folder that already holds a run, deleting its config.toml,
+    /// metrics.jsonl, samples/ and checkpoints/.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Commands on a trained run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write N individual PNG images (and optionally a grid) from a run's generator.
+    Sample(SampleArgs),
+    /// Write a run's generator as safetensors with PyTorch's parameter names and layouts.
+    Export(ExportArgs),
+}
+
+/// Flags of `sample`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// The run folder (it holds config.toml and checkpoints/).
+    #[arg(long, value_name = "RUN")]
+    pub run: PathBuf,
+    /// Iteration of the checkpoint to use (default: the newest usable one).
+    #[arg(long, value_name = "N")]
+    pub checkpoint: Option<usize>,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Output folder for sample_NNNNNN.png.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Seed of the latent noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write grid.png of the first (up to 64) images.
+    #[arg(long)]
+    pub grid: bool,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
+    pub backend: Backend,
+}
+
+/// Flags of `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The run folder.
+    #[arg(long, value_name = "RUN")]
+    pub run: PathBuf,
+    /// Iteration of the checkpoint to export (default: the newest usable one).
+    #[arg(long, value_name = "N")]
+    pub checkpoint: Option<usize>,
+    /// Output file, e.g. generator.safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// Parses the process arguments and runs; the error, if any, is printed once with its causes.
@@ -45,15 +123,137 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let config = Config::load(&cli.config, &cli.overrides)?;
-    let device = cli.backend.device()?;
-    let run_dir = cli.out.unwrap_or_else(|| config.output.dir.clone());
-    let summary = train::train(&config, &run_dir, &device)?;
+    match cli.command {
+        Some(Command::Sample(args)) => sample_command(args),
+        Some(Command::Export(args)) => export_command(args),
+        None => train_command(cli.train),
+    }
+}
+
+fn train_command(args: TrainArgs) -> Result<ExitCode> {
+    let config = resolve_config(&args)?;
+    let device = args.backend.device()?;
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| config.output.dir.clone());
+    let start = if args.resume {
+        Start::Resume
+    } else {
+        if train::holds_anything(&run_dir) {
+            if !args.force {
+                bail!(
+                    "run folder {} already holds a run: pass --resume to continue it, --force to start over (deleting it), or choose another --out",
+                    run_dir.display()
+                );
+            }
+            train::clear_run_dir(&run_dir)?;
+        }
+        Start::Fresh
+    };
+    let interrupt = install_interrupt_handler()?;
+    let summary = train::train(&config, &run_dir, &device, start, &interrupt)?;
+    let checkpoint = summary
+        .last_checkpoint
+        .as_deref()
+        .map_or("none".to_string(), |p| p.display().to_string());
+    match summary.ended {
+        Ended::Finished => {
+            println!(
+                "trained {} iterations; samples, metrics and checkpoints in {} (last checkpoint: {checkpoint})",
+                summary.step,
+                summary.dir.display(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ended::Interrupted => {
+            eprintln!(
+                "interrupted at iteration {}; checkpoint written to {checkpoint}; continue with --resume --out {}",
+                summary.step,
+                summary.dir.display()
+            );
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
+}
+
+/// The config file (or, with `--resume` and no `--config`, the run's own config.toml) with
+/// the `--set` overrides, validated.
+fn resolve_config(args: &TrainArgs) -> Result<Config> {
+    match (&args.config, args.resume, &args.out) {
+        (Some(path), _, _) => Config::load(path, &args.overrides),
+        (None, true, Some(run)) => Config::load(&run.join("config.toml"), &args.overrides),
+        (None, true, None) => {
+            bail!("--resume without --config needs --out RUN (the run folder to continue)")
+        }
+        (None, false, _) => bail!("--config FILE is required to train (see --help)"),
+    }
+}
+
+/// Ctrl-C sets the returned flag, which the loop checks after each iteration; a second
+/// Ctrl-C exits at once.
+fn install_interrupt_handler() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting now");
+            std::process::exit(EXIT_INTERRUPTED as i32);
+        }
+        eprintln!(
+            "\nCtrl-C: finishing this iteration and writing a checkpoint (Ctrl-C again to exit now)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(flag)
+}
+
+/// The run's config and a fresh generator of its shape on `device`.
+fn run_generator(
+    run: &Path,
+    checkpoint: Option<usize>,
+    device: &burn::prelude::Device,
+) -> Result<(Config, Generator, usize)> {
+    let config = Config::load(&run.join("config.toml"), &[])
+        .with_context(|| format!("{} is not a wgan-train run folder", run.display()))?;
+    let (d, m) = (&config.data, &config.model);
+    let (generator, step) = checkpoint::load_generator(run, checkpoint, || {
+        Generator::new(d.image_size, d.channels, m.z_dim, m.g_width, device)
+    })?;
+    Ok((config, generator, step))
+}
+
+fn sample_command(args: SampleArgs) -> Result<ExitCode> {
+    if args.n == 0 {
+        bail!("--n 0: ask for at least one image");
+    }
+    let device = args.backend.device()?;
+    let (config, generator, step) = run_generator(&args.run, args.checkpoint, &device)?;
+    sample::write_samples(
+        &generator,
+        config.model.z_dim,
+        args.n,
+        args.seed,
+        &args.out,
+        args.grid,
+    )?;
     println!(
-        "trained {} iterations; samples, metrics and checkpoints in {} (last grid: {})",
-        summary.iterations,
-        summary.dir.display(),
-        summary.last_grid.display()
+        "wrote {} images from checkpoint {step} to {}",
+        args.n,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_command(args: ExportArgs) -> Result<ExitCode> {
+    let (config, generator, step) =
+        run_generator(&args.run, args.checkpoint, &burn::prelude::Device::flex())?;
+    // Every critic step and the generator step each run G once in training mode.
+    let batches = (step * (config.train.n_critic + 1)) as i64;
+    export::export_generator(&generator, batches, &args.out)?;
+    println!(
+        "exported the generator of checkpoint {step} to {}",
+        args.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }

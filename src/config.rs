@@ -244,8 +244,10 @@ pub struct OutputConfig {
     pub sample_every: usize,
     /// Append a metrics line every this many generator iterations.
     pub log_every: usize,
-    /// Save generator and critic every this many generator iterations (0: only at the end).
+    /// Write a checkpoint every this many generator iterations (0: only at the end).
     pub checkpoint_every: usize,
+    /// How many of the newest checkpoints to keep.
+    pub keep_checkpoints: usize,
     /// The sample grid is `grid_rows` x `grid_rows` images.
     pub grid_rows: usize,
 }
@@ -257,6 +259,7 @@ impl Default for OutputConfig {
             sample_every: 100,
             log_every: 10,
             checkpoint_every: 500,
+            keep_checkpoints: 3,
             grid_rows: 8,
         }
     }
@@ -323,6 +326,7 @@ impl Config {
         self.validate_constraint()?;
         let o = &self.output;
         positive("output.log_every", o.log_every)?;
+        positive("output.keep_checkpoints", o.keep_checkpoints)?;
         if !(1..=16).contains(&o.grid_rows) {
             bail!(
                 "output.grid_rows = {} is out of range: use 1 to 16",

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod constraint;
 pub mod data;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod sample;

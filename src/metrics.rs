@@ -65,3 +65,17 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in {}", path.display())))
         .collect()
 }
+
+/// Drops the lines of a metrics file whose step is after `step` (written after the checkpoint
+/// a run resumes from), atomically. A missing file is left missing.
+pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Record>(l).is_ok_and(|r| r.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::checkpoint::write_atomic(path, kept.as_bytes())
+}

@@ -1,11 +1,11 @@
 //! The WGAN training loop (Arjovsky et al. 2017, Alg. 1): `n_critic` critic steps minimising
 //! mean f(fake) - mean f(real), then one generator step minimising -mean f(fake).
 
-use crate::checkpoint::{save_module, write_atomic};
+use crate::checkpoint::{self, TrainState, write_atomic};
 use crate::config::{Config, OptimizerKind};
 use crate::constraint::{Constraint, PenaltyInputs};
 use crate::data::{BatchSampler, ImageSet, Preprocess};
-use crate::metrics::{MetricsLog, Record};
+use crate::metrics::{self, MetricsLog, Record};
 use crate::model::{Critic, Generator};
 use crate::sample::{grid, save_png};
 use anyhow::{Context, Result, bail};
@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// The two networks, their optimizers and the critic's constraint.
@@ -155,86 +156,240 @@ pub fn epsilon(rng: &mut ChaCha8Rng, n: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(values, [n, 1, 1, 1]), device)
 }
 
-/// What a finished run leaves behind.
+/// How a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new run in an empty (or `--force`d) folder.
+    Fresh,
+    /// Continue from the newest usable checkpoint in the folder.
+    Resume,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// All `train.iterations` done.
+    Finished,
+    /// Stopped by Ctrl-C after a checkpoint was written.
+    Interrupted,
+}
+
+/// What a run leaves behind.
 #[derive(Debug, Clone)]
 pub struct Summary {
     /// The run folder.
     pub dir: PathBuf,
     /// Generator iterations done.
-    pub iterations: usize,
-    /// The last sample grid written.
-    pub last_grid: PathBuf,
+    pub step: usize,
+    /// The last sample grid written, if any.
+    pub last_grid: Option<PathBuf>,
+    /// The last checkpoint written.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Finished or interrupted.
+    pub ended: Ended,
 }
 
+/// Test hook: `WGAN_TRAIN_TEST_NAN_AT=N` makes the critic loss NaN at iteration N, so that
+/// the divergence path can be tested end to end.
+const NAN_HOOK: &str = "WGAN_TRAIN_TEST_NAN_AT";
+
 /// Trains `config` on `device` (a plain device; autodiff is added here), writing samples,
-/// metrics, the resolved config and checkpoints into `run_dir`.
-pub fn train(config: &Config, run_dir: &Path, device: &Device) -> Result<Summary> {
-    prepare_run_dir(config, run_dir)?;
+/// metrics, the resolved config and checkpoints into `run_dir`. Checks `interrupt` after each
+/// iteration: when set, writes a checkpoint and returns [`Ended::Interrupted`].
+pub fn train(
+    config: &Config,
+    run_dir: &Path,
+    device: &Device,
+    start: Start,
+    interrupt: &AtomicBool,
+) -> Result<Summary> {
     let data = load_data(config)?;
     let device = device.clone().autodiff();
-    let mut gan = Gan::new(config, &device);
+    let (mut gan, mut state) = match start {
+        Start::Fresh => fresh_run(config, run_dir, &data, &device)?,
+        Start::Resume => resume_run(config, run_dir, &device)?,
+    };
     let t = &config.train;
-    let mut sampler = BatchSampler::new(data.len(), t.seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
     let rows = config.output.grid_rows;
-    let fixed_noise = noise(&mut rng, rows * rows, config.model.z_dim, &device);
+    let fixed_noise = Tensor::<2>::from_data(
+        TensorData::new(state.fixed_noise.clone(), [rows * rows, config.model.z_dim]),
+        &device,
+    );
+    let nan_at: Option<usize> = std::env::var(NAN_HOOK).ok().and_then(|v| v.parse().ok());
     let mut log = MetricsLog::open(&run_dir.join("metrics.jsonl"))?;
-    let bar = progress_bar(t.iterations);
-    let start = Instant::now();
+    let bar = progress_bar(t.iterations, state.step);
+    let (start_time, elapsed_before) = (Instant::now(), state.elapsed_s);
     let mut window = (Instant::now(), 0usize);
-    let mut last_grid = PathBuf::new();
-    for step in 1..=t.iterations {
-        let mut critic_out = None;
-        for _ in 0..t.n_critic {
-            let batch = CriticBatch {
-                real: data.batch(sampler.next_batch(t.batch_size), &device),
-                z: noise(&mut rng, t.batch_size, config.model.z_dim, &device),
-                epsilon: epsilon(&mut rng, t.batch_size, &device),
-            };
-            critic_out = Some(critic_step(&mut gan, batch, t.lr_d));
+    let mut summary = Summary {
+        dir: run_dir.to_path_buf(),
+        step: state.step,
+        last_grid: None,
+        last_checkpoint: None,
+        ended: Ended::Finished,
+    };
+    while state.step < t.iterations {
+        let step = state.step + 1;
+        let mut losses = iteration(&mut gan, &mut state, &data, config, &device);
+        if nan_at == Some(step) {
+            losses.critic_loss = f64::NAN;
         }
-        let stats = critic_out.expect("n_critic >= 1");
-        let z = noise(&mut rng, t.batch_size, config.model.z_dim, &device);
-        let generator_loss = scalar(generator_step(&mut gan, z, t.lr_g));
-        let (critic_loss, wasserstein) = (scalar(stats.loss), scalar(stats.wasserstein));
-        let penalty = stats.penalty.map(scalar);
-        check_finite(
-            step,
-            &[("critic", critic_loss), ("generator", generator_loss)],
-        )?;
+        check_finite(step, &losses)?;
+        state.step = step;
+        state.elapsed_s = elapsed_before + start_time.elapsed().as_secs_f64();
         bar.set_message(format!(
-            "D {critic_loss:+.4} G {generator_loss:+.4} W {wasserstein:+.4}"
+            "D {:+.4} G {:+.4} W {:+.4}",
+            losses.critic_loss, losses.generator_loss, losses.wasserstein
         ));
         bar.inc(1);
         window.1 += 1;
         let last = step == t.iterations;
-        if step % config.output.log_every == 0 || last {
+        let interrupted = interrupt.load(Ordering::SeqCst);
+        if step % config.output.log_every == 0 || last || interrupted {
             let secs = window.0.elapsed().as_secs_f64() / window.1 as f64;
-            log.append(&Record {
+            log.append(&losses.record(
                 step,
-                critic_loss,
-                generator_loss,
-                wasserstein,
-                penalty,
-                sec_per_iter: secs,
-                images_per_sec: (t.batch_size * t.n_critic) as f64 / secs,
-                elapsed_s: start.elapsed().as_secs_f64(),
-            })?;
+                secs,
+                (t.batch_size * t.n_critic) as f64,
+                state.elapsed_s,
+            ))?;
             window = (Instant::now(), 0);
         }
         if every(step, config.output.sample_every) || last {
-            last_grid = write_grid(&gan.generator, fixed_noise.clone(), rows, run_dir, step)?;
+            summary.last_grid = Some(write_grid(
+                &gan.generator,
+                fixed_noise.clone(),
+                rows,
+                run_dir,
+                step,
+            )?);
         }
-        if every(step, config.output.checkpoint_every) || last {
-            save_checkpoint(&gan, run_dir)?;
+        if every(step, config.output.checkpoint_every) || last || interrupted {
+            let keep = config.output.keep_checkpoints;
+            summary.last_checkpoint = Some(checkpoint::save(run_dir, &gan, &state, keep)?);
+        }
+        summary.step = step;
+        if interrupted && !last {
+            summary.ended = Ended::Interrupted;
+            break;
         }
     }
     bar.finish_and_clear();
-    Ok(Summary {
-        dir: run_dir.to_path_buf(),
-        iterations: t.iterations,
-        last_grid,
-    })
+    Ok(summary)
+}
+
+/// The scalars of one generator iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct IterationLosses {
+    /// Critic loss of the last critic step.
+    pub critic_loss: f64,
+    /// Generator loss.
+    pub generator_loss: f64,
+    /// Wasserstein estimate of the last critic step.
+    pub wasserstein: f64,
+    /// Penalty term of the last critic step.
+    pub penalty: Option<f64>,
+}
+
+impl IterationLosses {
+    fn record(
+        &self,
+        step: usize,
+        sec_per_iter: f64,
+        images_per_iter: f64,
+        elapsed_s: f64,
+    ) -> Record {
+        Record {
+            step,
+            critic_loss: self.critic_loss,
+            generator_loss: self.generator_loss,
+            wasserstein: self.wasserstein,
+            penalty: self.penalty,
+            sec_per_iter,
+            images_per_sec: images_per_iter / sec_per_iter,
+            elapsed_s,
+        }
+    }
+}
+
+/// One generator iteration: `n_critic` critic steps, then one generator step.
+pub fn iteration(
+    gan: &mut Gan,
+    state: &mut TrainState,
+    data: &ImageSet,
+    config: &Config,
+    device: &Device,
+) -> IterationLosses {
+    let t = &config.train;
+    let z_dim = config.model.z_dim;
+    let mut last = None;
+    for _ in 0..t.n_critic {
+        let batch = CriticBatch {
+            real: data.batch(state.sampler.next_batch(t.batch_size), device),
+            z: noise(&mut state.rng, t.batch_size, z_dim, device),
+            epsilon: epsilon(&mut state.rng, t.batch_size, device),
+        };
+        last = Some(critic_step(gan, batch, t.lr_d));
+    }
+    let stats = last.expect("n_critic >= 1");
+    let z = noise(&mut state.rng, t.batch_size, z_dim, device);
+    let generator_loss = scalar(generator_step(gan, z, t.lr_g));
+    IterationLosses {
+        critic_loss: scalar(stats.loss),
+        generator_loss,
+        wasserstein: scalar(stats.wasserstein),
+        penalty: stats.penalty.map(scalar),
+    }
+}
+
+/// A new run: networks from the seed, the folder prepared, the resolved config written.
+fn fresh_run(
+    config: &Config,
+    run_dir: &Path,
+    data: &ImageSet,
+    device: &Device,
+) -> Result<(Gan, TrainState)> {
+    prepare_run_dir(config, run_dir)?;
+    let gan = Gan::new(config, device);
+    let t = &config.train;
+    let mut rng = ChaCha8Rng::seed_from_u64(t.seed.wrapping_add(1));
+    let rows = config.output.grid_rows;
+    let fixed: Vec<f32> = (0..rows * rows * config.model.z_dim)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
+    let state = TrainState {
+        format_version: checkpoint::FORMAT_VERSION,
+        step: 0,
+        sampler: BatchSampler::new(data.len(), t.seed),
+        rng,
+        fixed_noise: fixed,
+        elapsed_s: 0.0,
+    };
+    Ok((gan, state))
+}
+
+/// Continue from the newest usable checkpoint; metrics lines written after it are dropped.
+fn resume_run(config: &Config, run_dir: &Path, device: &Device) -> Result<(Gan, TrainState)> {
+    let (gan, state, dir, warnings) = checkpoint::load_latest(run_dir, || Gan::new(config, device))
+        .with_context(|| format!("cannot resume {}", run_dir.display()))?;
+    for w in warnings {
+        eprintln!("{w}");
+    }
+    let rows = config.output.grid_rows;
+    if state.fixed_noise.len() != rows * rows * config.model.z_dim {
+        bail!(
+            "checkpoint {} was written with another output.grid_rows or model.z_dim: resume with the run's config.toml",
+            dir.display()
+        );
+    }
+    metrics::truncate_after(&run_dir.join("metrics.jsonl"), state.step)?;
+    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    eprintln!(
+        "resuming {} from {} (iteration {})",
+        run_dir.display(),
+        dir.display(),
+        state.step
+    );
+    Ok((gan, state))
 }
 
 fn every(step: usize, period: usize) -> bool {
@@ -245,11 +400,15 @@ fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
 }
 
-fn check_finite(step: usize, losses: &[(&str, f64)]) -> Result<()> {
-    for (name, value) in losses {
+fn check_finite(step: usize, losses: &IterationLosses) -> Result<()> {
+    let named = [
+        ("critic", losses.critic_loss),
+        ("generator", losses.generator_loss),
+    ];
+    for (name, value) in named {
         if !value.is_finite() {
             bail!(
-                "the {name} loss is {value} at iteration {step}: training diverged; lower the learning rates or check the data"
+                "the {name} loss is {value} at iteration {step}: training diverged; the last good checkpoint is kept: lower the learning rates and resume with --resume, or check the data"
             );
         }
     }
@@ -264,6 +423,30 @@ fn prepare_run_dir(config: &Config, run_dir: &Path) -> Result<()> {
         )
     })?;
     write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())
+}
+
+/// The files and folders a run writes; `--force` removes these and nothing else.
+pub const RUN_CONTENTS: [&str; 4] = ["config.toml", "metrics.jsonl", "samples", "checkpoints"];
+
+/// Whether `run_dir` exists and holds anything.
+pub fn holds_anything(run_dir: &Path) -> bool {
+    std::fs::read_dir(run_dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+/// Removes what an earlier run wrote into `run_dir` (`--force`).
+pub fn clear_run_dir(run_dir: &Path) -> Result<()> {
+    for name in RUN_CONTENTS {
+        let path = run_dir.join(name);
+        let result = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else if path.exists() {
+            std::fs::remove_file(&path)
+        } else {
+            Ok(())
+        };
+        result.with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn load_data(config: &Config) -> Result<ImageSet> {
@@ -288,14 +471,17 @@ fn load_data(config: &Config) -> Result<ImageSet> {
     Ok(data)
 }
 
-fn progress_bar(iterations: usize) -> ProgressBar {
-    ProgressBar::new(iterations as u64).with_style(
+fn progress_bar(iterations: usize, done: usize) -> ProgressBar {
+    let bar = ProgressBar::new(iterations as u64).with_style(
         ProgressStyle::with_template(
             "{elapsed_precise} [{bar:30}] {pos}/{len} it, {per_sec}, ETA {eta_precise}  {msg}",
         )
         .expect("valid template")
         .progress_chars("=> "),
-    )
+    );
+    bar.set_position(done as u64);
+    bar.reset_eta();
+    bar
 }
 
 /// Writes `samples/step_NNNNNN.png` from the generator in inference mode.
@@ -310,11 +496,6 @@ fn write_grid(
     let path = run_dir.join("samples").join(format!("step_{step:06}.png"));
     save_png(&grid(images, rows), &path)?;
     Ok(path)
-}
-
-fn save_checkpoint(gan: &Gan, run_dir: &Path) -> Result<()> {
-    save_module(&gan.generator, &run_dir.join("generator.bpk"))?;
-    save_module(&gan.critic, &run_dir.join("critic.bpk"))
 }
 
 #[cfg(test)]

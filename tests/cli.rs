@@ -1,75 +1,8 @@
 //! End-to-end tests: the built binary on tiny generated image folders in a temp dir.
 
-use image::{Rgb, RgbImage};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgan-train"))
-}
-
-/// `count` small RGB images of varied sizes (so crop and resize run), nested one level.
-fn image_folder(root: &Path, count: usize) -> PathBuf {
-    let dir = root.join("images");
-    std::fs::create_dir_all(dir.join("nested")).unwrap();
-    for i in 0..count {
-        let (w, h) = (40 + (i as u32 % 3) * 4, 36);
-        let img = RgbImage::from_fn(w, h, |x, y| {
-            Rgb([(x * 6) as u8, (y * 7) as u8, (i * 30) as u8])
-        });
-        let sub = if i % 2 == 0 { "" } else { "nested" };
-        let ext = if i % 3 == 0 { "jpg" } else { "png" };
-        img.save(dir.join(sub).join(format!("img{i}.{ext}")))
-            .unwrap();
-    }
-    dir
-}
-
-/// A tiny, fast config: 32x32 grayscale, narrow networks.
-fn tiny_config(root: &Path, data: &Path) -> PathBuf {
-    let path = root.join("tiny.toml");
-    let text = format!(
-        r#"
-[data]
-dir = {data:?}
-image_size = 32
-channels = 1
-
-[model]
-z_dim = 8
-g_width = 4
-d_width = 4
-
-[train]
-iterations = 3
-batch_size = 4
-n_critic = 2
-
-[output]
-dir = {out:?}
-sample_every = 2
-log_every = 1
-grid_rows = 2
-"#,
-        out = root.join("run"),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn run(cmd: &mut Command) -> (Output, String) {
-    let out = cmd.output().expect("binary runs");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    (out, stderr)
-}
-
-fn assert_clean_failure(out: &Output, stderr: &str, needles: &[&str]) {
-    assert!(!out.status.success(), "must fail: {stderr}");
-    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
-    for needle in needles {
-        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
-    }
-}
+use common::*;
 
 #[test]
 fn trains_end_to_end_and_writes_grids_metrics_config_and_checkpoints() {
@@ -116,9 +49,16 @@ fn trains_end_to_end_and_writes_grids_metrics_config_and_checkpoints() {
 
     let resolved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
     assert!(resolved.contains("kind = \"spectral_norm\""), "{resolved}");
-    for file in ["generator.bpk", "critic.bpk"] {
+    let ckpt = run_dir.join("checkpoints/step_000003");
+    for file in [
+        "generator.bpk",
+        "critic.bpk",
+        "optim_g.bpk",
+        "optim_d.bpk",
+        "state.json",
+    ] {
         assert!(
-            std::fs::metadata(run_dir.join(file)).unwrap().len() > 0,
+            std::fs::metadata(ckpt.join(file)).unwrap().len() > 0,
             "{file}"
         );
     }

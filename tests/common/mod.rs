@@ -1,0 +1,73 @@
+//! Helpers shared by the end-to-end tests: the built binary, tiny image folders, configs.
+#![allow(dead_code)] // each test file uses a different subset
+
+use image::{Rgb, RgbImage};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgan-train"))
+}
+
+/// `count` small RGB images of varied sizes (so crop and resize run), nested one level.
+pub fn image_folder(root: &Path, count: usize) -> PathBuf {
+    let dir = root.join("images");
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    for i in 0..count {
+        let (w, h) = (40 + (i as u32 % 3) * 4, 36);
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            Rgb([(x * 6) as u8, (y * 7) as u8, (i * 30) as u8])
+        });
+        let sub = if i % 2 == 0 { "" } else { "nested" };
+        let ext = if i % 3 == 0 { "jpg" } else { "png" };
+        img.save(dir.join(sub).join(format!("img{i}.{ext}")))
+            .unwrap();
+    }
+    dir
+}
+
+/// A tiny, fast config: 32x32 grayscale, narrow networks.
+pub fn tiny_config(root: &Path, data: &Path) -> PathBuf {
+    let path = root.join("tiny.toml");
+    let text = format!(
+        r#"
+[data]
+dir = {data:?}
+image_size = 32
+channels = 1
+
+[model]
+z_dim = 8
+g_width = 4
+d_width = 4
+
+[train]
+iterations = 3
+batch_size = 4
+n_critic = 2
+
+[output]
+dir = {out:?}
+sample_every = 2
+log_every = 1
+grid_rows = 2
+"#,
+        out = root.join("run"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn run(cmd: &mut Command) -> (Output, String) {
+    let out = cmd.output().expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out, stderr)
+}
+
+pub fn assert_clean_failure(out: &Output, stderr: &str, needles: &[&str]) {
+    assert!(!out.status.success(), "must fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    }
+}

@@ -1,0 +1,317 @@
+//! Checkpoints, exact resume, Ctrl-C, kill -9, sampling and export, through the binary.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn losses(lines: &[serde_json::Value]) -> Vec<(u64, f64, f64, f64)> {
+    lines
+        .iter()
+        .map(|l| {
+            let f = |k: &str| l[k].as_f64().unwrap();
+            (
+                l["step"].as_u64().unwrap(),
+                f("critic_loss"),
+                f("generator_loss"),
+                f("wasserstein"),
+            )
+        })
+        .collect()
+}
+
+fn steps_of(run: &Path) -> Vec<usize> {
+    let Ok(entries) = std::fs::read_dir(run.join("checkpoints")) else {
+        return vec![];
+    };
+    let mut steps: Vec<usize> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step_")?.parse().ok())
+        .collect();
+    steps.sort();
+    steps
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn a_stopped_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 10);
+    let config = tiny_config(tmp.path(), &data);
+    for kind in ["spectral_norm", "gradient_penalty"] {
+        let (whole, parts) = (
+            tmp.path().join(format!("whole-{kind}")),
+            tmp.path().join(format!("parts-{kind}")),
+        );
+        let kind_set = format!("constraint.kind=\"{kind}\"");
+        let base = [
+            "--set",
+            "output.checkpoint_every=2",
+            "--set",
+            kind_set.as_str(),
+        ];
+        let (out, err) = run(binary()
+            .arg("--config")
+            .arg(&config)
+            .args(base)
+            .args(["--set", "train.iterations=7"])
+            .arg("--out")
+            .arg(&whole));
+        assert!(out.status.success(), "{err}");
+        // Stop after 4, continue to 7 from the run's own config.toml.
+        let (out, err) = run(binary()
+            .arg("--config")
+            .arg(&config)
+            .args(base)
+            .args(["--set", "train.iterations=4"])
+            .arg("--out")
+            .arg(&parts));
+        assert!(out.status.success(), "{err}");
+        let (out, err) = run(binary()
+            .args(["--resume", "--set", "train.iterations=7"])
+            .arg("--out")
+            .arg(&parts));
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("resuming"), "{err}");
+        let (a, b) = (losses(&metrics(&whole)), losses(&metrics(&parts)));
+        assert_eq!(a.len(), 7);
+        assert_eq!(a, b, "{kind}: step-by-step losses differ after resume");
+    }
+}
+
+#[test]
+fn keeps_the_newest_checkpoints_and_refuses_to_overwrite_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    let args = [
+        "--set",
+        "train.iterations=5",
+        "--set",
+        "output.checkpoint_every=1",
+        "--set",
+        "output.keep_checkpoints=2",
+    ];
+    let (out, err) = run(binary().arg("--config").arg(&config).args(args));
+    assert!(out.status.success(), "{err}");
+    let run_dir = tmp.path().join("run");
+    assert_eq!(steps_of(&run_dir), vec![4, 5]);
+    // A second start into the same folder is refused, naming the flags.
+    let (out, err) = run(binary().arg("--config").arg(&config).args(args));
+    assert_clean_failure(&out, &err, &["already holds a run", "--resume", "--force"]);
+    // --force starts over.
+    let (out, err) = run(binary()
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .arg("--force"));
+    assert!(out.status.success(), "{err}");
+    assert_eq!(metrics(&run_dir).len(), 5);
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    let args = [
+        "--set",
+        "train.iterations=4",
+        "--set",
+        "output.checkpoint_every=1",
+    ];
+    let (out, err) = run(binary().arg("--config").arg(&config).args(args));
+    assert!(out.status.success(), "{err}");
+    let run_dir = tmp.path().join("run");
+    let newest = run_dir.join("checkpoints/step_000004/generator.bpk");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let (out, err) = run(binary()
+        .args(["--resume", "--set", "train.iterations=5"])
+        .arg("--out")
+        .arg(&run_dir));
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("step_000004") && err.contains("unusable"),
+        "{err}"
+    );
+    assert!(err.contains("iteration 3"), "{err}");
+    let steps: Vec<u64> = losses(&metrics(&run_dir)).iter().map(|l| l.0).collect();
+    assert_eq!(
+        steps,
+        vec![1, 2, 3, 4, 5],
+        "metrics after the checkpoint are rewritten"
+    );
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_130_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    let run_dir = tmp.path().join("run");
+    let mut child = spawn(binary().arg("--config").arg(&config).args([
+        "--set",
+        "train.iterations=100000",
+        "--set",
+        "output.checkpoint_every=0",
+    ]));
+    wait_until("the first metrics line", || !metrics(&run_dir).is_empty());
+    signal(&child, "-INT");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let steps = steps_of(&run_dir);
+    assert_eq!(steps.len(), 1, "one checkpoint, at the interruption");
+    let at = steps[0];
+    assert_eq!(
+        metrics(&run_dir).last().unwrap()["step"].as_u64().unwrap() as usize,
+        at
+    );
+    let (out, err) = run(binary()
+        .args(["--resume", "--set", &format!("train.iterations={}", at + 2)])
+        .arg("--out")
+        .arg(&run_dir));
+    assert!(out.status.success(), "{err}");
+    assert_eq!(steps_of(&run_dir).last(), Some(&(at + 2)));
+}
+
+#[test]
+fn a_run_killed_while_writing_checkpoints_resumes_from_a_valid_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    let run_dir = tmp.path().join("run");
+    let mut child = spawn(binary().arg("--config").arg(&config).args([
+        "--set",
+        "train.iterations=100000",
+        "--set",
+        "output.checkpoint_every=1",
+    ]));
+    wait_until("three checkpoints", || {
+        steps_of(&run_dir).last().is_some_and(|&s| s >= 3)
+    });
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    // Every checkpoint folder that has its final name is complete.
+    for step in steps_of(&run_dir) {
+        let dir = run_dir.join(format!("checkpoints/step_{step:06}"));
+        for f in [
+            "generator.bpk",
+            "critic.bpk",
+            "optim_g.bpk",
+            "optim_d.bpk",
+            "state.json",
+        ] {
+            assert!(dir.join(f).exists(), "{} lacks {f}", dir.display());
+        }
+    }
+    let newest = *steps_of(&run_dir).last().unwrap();
+    let (out, err) = run(binary()
+        .args([
+            "--resume",
+            "--set",
+            &format!("train.iterations={}", newest + 1),
+        ])
+        .arg("--out")
+        .arg(&run_dir));
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("iteration {newest}")), "{err}");
+}
+
+#[test]
+fn sample_writes_n_images_and_a_grid_and_export_writes_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    let (out, err) = run(binary()
+        .arg("--config")
+        .arg(&config)
+        .args(["--set", "output.checkpoint_every=1"]));
+    assert!(out.status.success(), "{err}");
+    let run_dir = tmp.path().join("run");
+    let samples = tmp.path().join("samples");
+    let (out, err) = run(binary()
+        .arg("sample")
+        .arg("--run")
+        .arg(&run_dir)
+        .args(["--n", "300", "--grid", "--seed", "4", "--checkpoint", "2"])
+        .arg("--out")
+        .arg(&samples));
+    assert!(out.status.success(), "{err}");
+    let pngs = std::fs::read_dir(&samples)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("sample_")
+        })
+        .count();
+    assert_eq!(pngs, 300);
+    let one = image::open(samples.join("sample_000299.png")).unwrap();
+    assert_eq!((one.width(), one.height()), (32, 32));
+    assert!(samples.join("grid.png").exists());
+    let (out, err) = run(binary()
+        .arg("sample")
+        .arg("--run")
+        .arg(&run_dir)
+        .args(["--checkpoint", "99"])
+        .arg("--out")
+        .arg(&samples));
+    assert_clean_failure(&out, &err, &["no checkpoint 99", "1, 2, 3"]);
+
+    let st = tmp.path().join("g.safetensors");
+    let (out, err) = run(binary()
+        .arg("export")
+        .arg("--run")
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&st));
+    assert!(out.status.success(), "{err}");
+    let bytes = std::fs::read(&st).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(tensors.tensor("fc.weight").unwrap().shape(), &[16 * 16, 8]);
+    assert_eq!(
+        tensors.tensor("net.6.weight").unwrap().shape(),
+        &[4, 1, 4, 4]
+    );
+}
