@@ -248,31 +248,6 @@ pub fn load_latest(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.bin");
-        write_atomic(&path, b"first").unwrap();
-        write_atomic(&path, b"second").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn list_sorts_by_step_and_ignores_temporaries() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["step_000010", "step_000002", ".tmp-xyz", "notes"] {
-            std::fs::create_dir_all(dir.path().join(CHECKPOINTS).join(name)).unwrap();
-        }
-        let steps: Vec<usize> = list(dir.path()).into_iter().map(|(s, _)| s).collect();
-        assert_eq!(steps, vec![2, 10]);
-    }
-}
-
 /// The generator of checkpoint `step` of a run (the newest usable one when `None`), loaded into
 /// `fresh`, with the step it comes from.
 pub fn load_generator(
@@ -323,4 +298,29 @@ pub fn load_generator(
         run_dir.display(),
         errors.join("; ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn list_sorts_by_step_and_ignores_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["step_000010", "step_000002", ".tmp-xyz", "notes"] {
+            std::fs::create_dir_all(dir.path().join(CHECKPOINTS).join(name)).unwrap();
+        }
+        let steps: Vec<usize> = list(dir.path()).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![2, 10]);
+    }
 }

@@ -226,10 +226,10 @@ mod tests {
             let mut values: Vec<f64> = (0..shape.num_elements())
                 .map(|i| self.scale * (1.7 * i as f64 + 0.5 * k + 0.1).sin())
                 .collect();
-            if let Some((pk, pi, delta)) = self.perturb {
-                if pk == self.k {
-                    values[pi] += delta;
-                }
+            if let Some((pk, pi, delta)) = self.perturb
+                && pk == self.k
+            {
+                values[pi] += delta;
             }
             self.k += 1;
             let t =
@@ -303,6 +303,7 @@ mod tests {
     // norms: [1.0674382425657207, 1.0624426665173743, 0.60541367790391409]
     // (sum, first, last) of the gradient w.r.t. conv0.weight, conv0.bias, conv1.weight,
     // conv1.bias, fc.weight, fc.bias.
+    #[allow(clippy::excessive_precision)] // as PyTorch printed them
     const TORCH_TWO_SIDED: (f64, [[f64; 3]; 6]) = (
         0.54715122915823011,
         [
@@ -326,6 +327,7 @@ mod tests {
             [0.0, 0.0, 0.0],
         ],
     );
+    #[allow(clippy::excessive_precision)]
     const TORCH_ONE_SIDED: (f64, [[f64; 3]; 6]) = (
         0.028156677207176684,
         [

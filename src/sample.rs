@@ -76,27 +76,6 @@ pub fn save_png(image: &DynamicImage, path: &Path) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grid_has_padded_size_and_maps_minus_one_one_to_bytes() {
-        let device = Device::flex();
-        // Three 2x2 grayscale images: all -1, all 0, all +1, in a 2-column grid.
-        let data: Vec<f32> = [-1.0f32, 0.0, 1.0].iter().flat_map(|&v| [v; 4]).collect();
-        let images = Tensor::<4>::from_data(TensorData::new(data, [3, 1, 2, 2]), &device);
-        let img = grid(images, 2).to_luma8();
-        let side = 2 * (2 + GRID_PADDING) + GRID_PADDING;
-        assert_eq!((img.width() as usize, img.height() as usize), (side, side));
-        let p = GRID_PADDING as u32;
-        assert_eq!(img.get_pixel(p, p).0[0], 0);
-        assert_eq!(img.get_pixel(p + 2 + p, p).0[0], 128);
-        assert_eq!(img.get_pixel(p, p + 2 + p).0[0], 255);
-        assert_eq!(img.get_pixel(0, 0).0[0], 0);
-    }
-}
-
 /// Writes `n` images from `generator` (in inference mode: BatchNorm running statistics) as
 /// `out/sample_NNNNNN.png`, drawing noise `[n, z_dim]` from `seed`, in batches, with a
 /// progress bar; with `grid`, also `out/grid.png` of the first (up to 64) images.
@@ -149,4 +128,25 @@ pub fn write_samples(
         save_png(&grid(images, rows), &out.join("grid.png"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_has_padded_size_and_maps_minus_one_one_to_bytes() {
+        let device = Device::flex();
+        // Three 2x2 grayscale images: all -1, all 0, all +1, in a 2-column grid.
+        let data: Vec<f32> = [-1.0f32, 0.0, 1.0].iter().flat_map(|&v| [v; 4]).collect();
+        let images = Tensor::<4>::from_data(TensorData::new(data, [3, 1, 2, 2]), &device);
+        let img = grid(images, 2).to_luma8();
+        let side = 2 * (2 + GRID_PADDING) + GRID_PADDING;
+        assert_eq!((img.width() as usize, img.height() as usize), (side, side));
+        let p = GRID_PADDING as u32;
+        assert_eq!(img.get_pixel(p, p).0[0], 0);
+        assert_eq!(img.get_pixel(p + 2 + p, p).0[0], 128);
+        assert_eq!(img.get_pixel(p, p + 2 + p).0[0], 255);
+        assert_eq!(img.get_pixel(0, 0).0[0], 0);
+    }
 }

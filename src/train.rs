@@ -244,7 +244,7 @@ pub fn train(
         window.1 += 1;
         let last = step == t.iterations;
         let interrupted = interrupt.load(Ordering::SeqCst);
-        if step % config.output.log_every == 0 || last || interrupted {
+        if step.is_multiple_of(config.output.log_every) || last || interrupted {
             let secs = window.0.elapsed().as_secs_f64() / window.1 as f64;
             log.append(&losses.record(
                 step,
@@ -393,7 +393,7 @@ fn resume_run(config: &Config, run_dir: &Path, device: &Device) -> Result<(Gan, 
 }
 
 fn every(step: usize, period: usize) -> bool {
-    period > 0 && step % period == 0
+    period > 0 && step.is_multiple_of(period)
 }
 
 fn scalar(t: Tensor<1>) -> f64 {

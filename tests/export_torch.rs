@@ -68,10 +68,18 @@ fn exported_generator_loads_in_pytorch_and_gives_the_same_images() {
     let ad = Device::flex().autodiff();
     let generator = Generator::new(size, channels, z_dim, width, &ad);
     for _ in 0..3 {
-        let z = Tensor::<2>::random([8, z_dim], burn::tensor::Distribution::Normal(0.0, 1.0), &ad);
+        let z = Tensor::<2>::random(
+            [8, z_dim],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &ad,
+        );
         let _ = generator.forward(z);
     }
-    let z = Tensor::<2>::random([4, z_dim], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let z = Tensor::<2>::random(
+        [4, z_dim],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let out = generator.valid().forward(z.clone());
     let dir = tempfile::tempdir().unwrap();
     let st = dir.path().join("g.safetensors");
@@ -91,7 +99,11 @@ fn exported_generator_loads_in_pytorch_and_gives_the_same_images() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let diff: f64 = stdout.trim().lines().last().unwrap().parse().unwrap();
     println!("max abs difference PyTorch vs Burn: {diff}");
     assert!(diff < 1e-4, "PyTorch output differs by {diff}");

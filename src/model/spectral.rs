@@ -326,6 +326,7 @@ mod tests {
                 .max()
         };
         let h = 1e-5;
+        #[allow(clippy::needless_range_loop)] // (i, j) index W, u and v together
         for i in 0..rows {
             for j in 0..cols {
                 let k = i * cols + j;

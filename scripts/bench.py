@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Side-by-side CPU benchmark: wgan-train vs the PyTorch peer (../shared/peer/torch_wgan.py).
+
+For each constraint kind and image size, both train the same DCGAN shapes on the same image
+folder (batch 64, n_critic 5, same thread count) for a few generator iterations; the table
+gives the median seconds per generator iteration (n_critic critic steps + 1 generator step,
+batch assembly included, first iterations left out as warm-up), the ratio ours/PyTorch and
+the peak resident memory (RSS) of each process.
+
+    scripts/bench.py [--sizes 32 64] [--kinds sn gp gp1 clip none] [--iters 3] [--warmup 1]
+                     [--threads 2] [--data data/fashion-mnist]
+
+Needs a release build (built here) and `pip install torch pillow numpy`. Standard library only.
+"""
+import argparse, json, os, resource, statistics, subprocess, sys, tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER = os.path.join(ROOT, "..", "shared", "peer", "torch_wgan.py")
+OUR_CONFIG = {"sn": "sn", "gp": "gp", "gp1": "gp1", "clip": "clip", "none": "none"}
+
+
+def measured(cmd, env=None):
+    """Runs cmd inside a fresh Python wrapper so that its peak RSS is its own."""
+    wrapper = [sys.executable, "-c",
+               "import resource, subprocess, sys, json\n"
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "sys.stderr.write(p.stderr)\n"
+               "print(json.dumps({'rc': p.returncode, 'out': p.stdout,"
+               " 'rss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"] + cmd
+    proc = subprocess.run(wrapper, capture_output=True, text=True, env=env)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res["rc"] != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return res["out"], res["rss_kib"] / 1024.0
+
+
+def ours(binary, kind, size, channels, a, out):
+    run = os.path.join(out, f"{kind}-{size}")
+    cmd = [binary, "--config", os.path.join(ROOT, "configs", f"{OUR_CONFIG[kind]}.toml"),
+           "--out", run, "--force",
+           "--set", f"data.dir={a.data}", "--set", f"data.image_size={size}",
+           "--set", f"data.channels={channels}", "--set", "train.batch_size=64",
+           "--set", "train.n_critic=5", "--set", f"train.iterations={a.warmup + a.iters}",
+           "--set", "output.log_every=1", "--set", "output.sample_every=0",
+           "--set", "output.checkpoint_every=0"]
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+    _, rss = measured(cmd, env)
+    lines = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+    secs = [l["sec_per_iter"] for l in lines[a.warmup:]]
+    return statistics.median(secs), rss
+
+
+def peer(kind, size, channels, a):
+    cmd = [sys.executable, PEER, "--data", a.data, "--size", str(size),
+           "--channels", str(channels), "--constraint", kind, "--iters", str(a.iters),
+           "--warmup", str(a.warmup), "--batch", "64", "--n-critic", "5",
+           "--threads", str(a.threads)]
+    out, rss = measured(cmd)
+    res = json.loads(out.strip().splitlines()[-1])
+    return res["s_per_gen_iter_median"], rss
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--kinds", nargs="+", default=["sn", "gp", "gp1", "clip", "none"])
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--data", default=os.path.join(ROOT, "data", "fashion-mnist"))
+    a = p.parse_args()
+    if not os.path.exists(PEER):
+        sys.exit(f"error: the PyTorch peer {PEER} is missing")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/wgan-train/target"))
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True,
+                   env=dict(os.environ, CARGO_TARGET_DIR=target))
+    binary = os.path.join(target, "release", "wgan-train")
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for size in a.sizes:
+            for kind in a.kinds:
+                s_ours, m_ours = ours(binary, kind, size, a.channels, a, out)
+                s_peer, m_peer = peer(kind, size, a.channels, a)
+                rows.append((size, kind, s_ours, s_peer, m_ours, m_peer))
+                print(f"  {size} {kind}: ours {s_ours:.2f} s, pytorch {s_peer:.2f} s", file=sys.stderr)
+    print(f"batch 64, n_critic 5, {a.channels} channels, {a.threads} threads, median of {a.iters} "
+          f"generator iterations after {a.warmup} warm-up")
+    print(f"{'size':>4} {'kind':<5} {'ours s/it':>9} {'torch s/it':>10} {'ours/torch':>10} "
+          f"{'ours MiB':>8} {'torch MiB':>9}")
+    for size, kind, so, sp, mo, mp in rows:
+        print(f"{size:>4} {kind:<5} {so:>9.2f} {sp:>10.2f} {so / sp:>10.2f} {mo:>8.0f} {mp:>9.0f}")
+    for size in a.sizes:
+        by = {k: so for s, k, so, *_ in rows if s == size}
+        parts = []
+        if "gp" in by and "sn" in by:
+            parts.append(f"GP/SN {by['gp'] / by['sn']:.2f}")
+        if "none" in by and "sn" in by:
+            parts.append(f"SN/none {by['sn'] / by['none']:.2f}")
+        print(f"{size}x{size}: " + ", ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
