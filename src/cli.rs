@@ -1,6 +1,6 @@
 //! Command-line interface: parse flags, load and validate the config, pick the device, run.
 
-use crate::backend::Backend;
+use crate::backend::{self, Backend};
 use crate::config::Config;
 use crate::model::Generator;
 use crate::train::{self, Ended, Start};
@@ -37,9 +37,15 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Compute backend: flex (CPU, default), ndarray (CPU, slow, deprecated by Burn) or wgpu (GPU).
-    #[arg(long, value_enum, default_value_t = Backend::Flex)]
-    pub backend: Backend,
+    /// Compute backend: flex (CPU, default), ndarray (CPU, slow, deprecated by Burn) or wgpu
+    /// (GPU). Wins over the config's `backend` key.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+
+    /// GPU adapter for --backend wgpu, by index in wgpu's list (default: wgpu's choice, a
+    /// discrete GPU where there is one). Wins over the config's `device` key.
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
 
     /// Override a config key before validation, as TOML: --set train.iterations=200
     /// --set data.dir=/path/to/images. Repeatable.
@@ -90,9 +96,12 @@ pub struct SampleArgs {
     /// Also write grid.png of the first (up to 64) images.
     #[arg(long)]
     pub grid: bool,
-    /// Compute backend.
+    /// Compute backend (default: flex).
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
     pub backend: Backend,
+    /// GPU adapter for --backend wgpu.
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
 }
 
 /// Flags of `export`.
@@ -132,7 +141,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn train_command(args: TrainArgs) -> Result<ExitCode> {
     let config = resolve_config(&args)?;
-    let device = args.backend.device()?;
+    let backend = args.backend.or(config.backend).unwrap_or(Backend::Flex);
+    let adapter = args.device.or(config.device);
+    backend::check_adapter(backend, adapter)?;
+    let device = backend.device(adapter)?;
     let run_dir = args
         .out
         .clone()
@@ -227,7 +239,8 @@ fn sample_command(args: SampleArgs) -> Result<ExitCode> {
     if args.n == 0 {
         bail!("--n 0: ask for at least one image");
     }
-    let device = args.backend.device()?;
+    backend::check_adapter(args.backend, args.device)?;
+    let device = args.backend.device(args.device)?;
     let (config, generator, step) = run_generator(&args.run, args.checkpoint, &device)?;
     sample::write_samples(
         &generator,

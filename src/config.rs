@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Compute backend (`"flex"`, `"ndarray"` or `"wgpu"`); `--backend` wins. Default flex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::backend::Backend>,
+    /// GPU adapter index for wgpu (as wgpu lists them); `--device` wins. Default: wgpu's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<usize>,
     /// `[data]`: where the images are and how they are prepared.
     #[serde(default)]
     pub data: DataConfig,

@@ -140,14 +140,10 @@ pub fn gradient_penalty(
 ) -> Tensor<1> {
     let [batch, ..] = x_hat.dims();
     let grad = critic.input_gradient(x_hat); // [B, C, S, S]
-    let norms = grad
-        .powf_scalar(2.0)
-        .sum_dims(&[1, 2, 3])
-        .reshape([batch])
-        .sqrt(); // [B]
+    let norms = grad.square().sum_dims(&[1, 2, 3]).reshape([batch]).sqrt(); // [B]
     let excess = norms.sub_scalar(1.0);
     let excess = if one_sided { relu(excess) } else { excess };
-    excess.powf_scalar(2.0).mean().mul_scalar(lambda) // [1]
+    excess.square().mean().mul_scalar(lambda) // [1]
 }
 
 /// Clamps every float parameter of `critic` to [-c, c], leaving spectral-norm `u`, `v` (which
@@ -406,7 +402,7 @@ mod tests {
         let x = reference_input(&device);
         let norms = critic
             .input_gradient(x.clone())
-            .powf_scalar(2.0)
+            .square()
             .sum_dims(&[1, 2, 3])
             .sqrt();
         let norms: Vec<f64> = norms.into_data().convert::<f64>().try_to_vec().unwrap();

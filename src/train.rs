@@ -629,3 +629,97 @@ mod tests {
         );
     }
 }
+
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_parity {
+    use super::*;
+    use crate::backend::{Backend, gpu_available};
+    use burn::module::ModuleVisitor;
+
+    fn config(kind: &str) -> Config {
+        let text = format!(
+            "[data]\nimage_size = 32\nchannels = 1\n[model]\nz_dim = 8\ng_width = 4\nd_width = 4\n[constraint]\nkind = \"{kind}\"\n"
+        );
+        Config::from_toml(&text, &[]).unwrap()
+    }
+
+    /// Every input drawn on the host, so both devices get the same numbers.
+    fn host_batch(seed: u64, device: &Device) -> (CriticBatch, Tensor<2>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let real: Vec<f32> = (0..4 * 32 * 32)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        let batch = CriticBatch {
+            real: Tensor::from_data(TensorData::new(real, [4, 1, 32, 32]), device),
+            z: noise(&mut rng, 4, 8, device),
+            epsilon: epsilon(&mut rng, 4, device),
+        };
+        (batch, noise(&mut rng, 4, 8, device))
+    }
+
+    fn flat<M: Module>(module: &M) -> Vec<f32> {
+        struct Collect(Vec<f32>);
+        impl ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                let v: Vec<f32> = p.val().into_data().convert::<f32>().try_to_vec().unwrap();
+                self.0.extend(v);
+            }
+        }
+        let mut c = Collect(Vec::new());
+        module.visit(&mut c);
+        c.0
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// Parity tolerance: f32 sums in another order, then one Adam/RMSProp step of lr 1e-4.
+    const TOLERANCE: f32 = 2e-5;
+
+    #[test]
+    #[allow(deprecated)] // ndarray is the reference the issue names
+    fn one_critic_and_one_generator_step_on_wgpu_match_the_cpu_backends() {
+        if !gpu_available() {
+            println!("skipped: no wgpu adapter on this machine (install mesa-vulkan-drivers)");
+            return;
+        }
+        let gpu = Backend::Wgpu.device(None).unwrap().autodiff();
+        for cpu in [Device::ndarray().autodiff(), Device::flex().autodiff()] {
+            for kind in ["spectral_norm", "gradient_penalty", "weight_clipping"] {
+                let config = config(kind);
+                let mut a = Gan::new(&config, &cpu);
+                let mut b = Gan::new(&config, &gpu);
+                // Identical initial weights (and spectral-norm u, v): copy a's into b.
+                b.generator = b.generator.load_record(a.generator.clone().into_record());
+                b.critic = b.critic.load_record(a.critic.clone().into_record());
+                assert_eq!(max_diff(&flat(&a.critic), &flat(&b.critic)), 0.0);
+                let (batch_a, z_a) = host_batch(3, &cpu);
+                let (batch_b, z_b) = host_batch(3, &gpu);
+                let sa = critic_step(&mut a, batch_a, 1e-4);
+                let sb = critic_step(&mut b, batch_b, 1e-4);
+                let (la, lb) = (scalar(sa.loss), scalar(sb.loss));
+                assert!(
+                    (la - lb).abs() <= 1e-4 * (1.0 + la.abs()),
+                    "{kind}: critic loss {la} vs {lb}"
+                );
+                let d = max_diff(&flat(&a.critic), &flat(&b.critic));
+                assert!(d <= TOLERANCE, "{kind}: critic parameters differ by {d}");
+                let (ga, gb) = (
+                    scalar(generator_step(&mut a, z_a, 1e-4)),
+                    scalar(generator_step(&mut b, z_b, 1e-4)),
+                );
+                assert!(
+                    (ga - gb).abs() <= 1e-4 * (1.0 + ga.abs()),
+                    "{kind}: generator loss {ga} vs {gb}"
+                );
+                let d = max_diff(&flat(&a.generator), &flat(&b.generator));
+                assert!(d <= TOLERANCE, "{kind}: generator parameters differ by {d}");
+            }
+        }
+    }
+}

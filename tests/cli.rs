@@ -114,18 +114,6 @@ fn unknown_config_key_is_a_clear_error() {
 }
 
 #[test]
-fn wgpu_backend_not_yet_built_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
-    let (out, stderr) = run(binary()
-        .arg("--config")
-        .arg(&config)
-        .args(["--backend", "wgpu"]));
-    assert_clean_failure(&out, &stderr, &["wgpu", "--backend flex"]);
-}
-
-#[test]
 fn help_documents_every_flag() {
     let out = binary().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
@@ -180,4 +168,18 @@ fn every_constraint_kind_trains_end_to_end() {
         let resolved = std::fs::read_to_string(out_dir.join("config.toml")).unwrap();
         assert!(resolved.contains(&format!("kind = \"{kind}\"")), "{kind}");
     }
+}
+
+#[cfg(not(feature = "wgpu"))]
+#[test]
+fn wgpu_backend_without_the_feature_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 4);
+    let config = tiny_config(tmp.path(), &data);
+    let (out, stderr) = run(binary()
+        .arg("--config")
+        .arg(&config)
+        .args(["--backend", "wgpu"]));
+    assert_clean_failure(&out, &stderr, &["wgpu feature", "--backend flex"]);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }

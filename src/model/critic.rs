@@ -191,13 +191,13 @@ impl Critic {
     pub fn squared_spectral_norms(&self) -> Tensor<1> {
         let conv = self.convs.iter().filter_map(|c| {
             let sn = c.spectral.as_ref()?;
-            Some(sn.sigma(as_matrix(c.weight.val())).powf_scalar(2.0))
+            Some(sn.sigma(as_matrix(c.weight.val())).square())
         });
         let head = self
             .head
             .spectral
             .as_ref()
-            .map(|sn| sn.sigma(self.head.weight.val()).powf_scalar(2.0));
+            .map(|sn| sn.sigma(self.head.weight.val()).square());
         let device = self.head.weight.val().device();
         conv.chain(head)
             .fold(Tensor::zeros([1], &device), |acc, s| acc + s)

@@ -146,7 +146,7 @@ pub fn power_iteration(matrix: &Tensor<2>, u: Tensor<1>, steps: usize) -> (Tenso
 
 /// `x / max(||x||, 1e-12)`.
 fn normalize(x: Tensor<1>) -> Tensor<1> {
-    let norm = x.clone().powf_scalar(2.0).sum().sqrt().clamp_min(NORM_EPS); // [1]
+    let norm = x.clone().square().sum().sqrt().clamp_min(NORM_EPS); // [1]
     x.div(norm)
 }
 
@@ -376,7 +376,7 @@ mod tests {
             let x = x.require_grad();
             let out = critic.forward(x.clone()).sum();
             let grad = x.grad(&out.backward()).unwrap(); // [16, 1, 32, 32]
-            let norms = to_vec(grad.powf_scalar(2.0).sum_dims(&[1, 2, 3]).sqrt());
+            let norms = to_vec(grad.square().sum_dims(&[1, 2, 3]).sqrt());
             for n in norms {
                 assert!(n > 0.0 && n <= 1.0 + 1e-3, "input-gradient norm {n}");
             }

@@ -1,0 +1,154 @@
+#![cfg(feature = "wgpu")]
+//! `--backend wgpu` end to end. On a machine without a GPU, Mesa's lavapipe (software Vulkan,
+//! installed by scripts/install-deps.sh) runs the same WGSL shaders on the CPU; where no adapter
+//! exists at all, the GPU tests print why they are skipped.
+
+mod common;
+
+use common::*;
+
+fn skip() -> bool {
+    if wgan_train::backend::gpu_available() {
+        return false;
+    }
+    println!(
+        "skipped: no wgpu adapter on this machine (install mesa-vulkan-drivers and libvulkan1)"
+    );
+    true
+}
+
+#[test]
+fn trains_a_few_iterations_on_wgpu_and_writes_a_grid() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    for kind in [
+        "spectral_norm",
+        "gradient_penalty",
+        "weight_clipping",
+        "spectral_penalty",
+        "none",
+    ] {
+        let out_dir = tmp.path().join(kind);
+        let (out, err) = run(binary()
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--backend",
+                "wgpu",
+                "--set",
+                &format!("constraint.kind=\"{kind}\""),
+            ])
+            .arg("--out")
+            .arg(&out_dir));
+        assert!(out.status.success(), "{kind}: {err}");
+        let grid = image::open(out_dir.join("samples/step_000003.png")).unwrap();
+        assert_eq!((grid.width(), grid.height()), (70, 70));
+    }
+}
+
+#[test]
+fn a_checkpoint_written_on_one_backend_resumes_on_the_other() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 6);
+    let config = tiny_config(tmp.path(), &data);
+    let run_dir = tmp.path().join("run");
+    let (out, err) = run(binary()
+        .arg("--config")
+        .arg(&config)
+        .args(["--set", "train.iterations=2"]));
+    assert!(out.status.success(), "{err}");
+    let (out, err) = run(binary()
+        .args([
+            "--resume",
+            "--backend",
+            "wgpu",
+            "--set",
+            "train.iterations=3",
+        ])
+        .arg("--out")
+        .arg(&run_dir));
+    assert!(out.status.success(), "flex -> wgpu: {err}");
+    let (out, err) = run(binary()
+        .args([
+            "--resume",
+            "--backend",
+            "flex",
+            "--set",
+            "train.iterations=4",
+        ])
+        .arg("--out")
+        .arg(&run_dir));
+    assert!(out.status.success(), "wgpu -> flex: {err}");
+    assert!(run_dir.join("checkpoints/step_000004/state.json").exists());
+    // The config key selects the backend too.
+    let samples = tmp.path().join("s");
+    let (out, err) = run(binary()
+        .arg("sample")
+        .arg("--run")
+        .arg(&run_dir)
+        .args(["--backend", "wgpu", "--n", "3"])
+        .arg("--out")
+        .arg(&samples));
+    assert!(out.status.success(), "{err}");
+    assert!(samples.join("sample_000002.png").exists());
+}
+
+#[test]
+fn no_adapter_is_a_clear_one_line_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 4);
+    let config = tiny_config(tmp.path(), &data);
+    // Point the Vulkan loader at no driver.
+    let (out, err) = run(binary()
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .arg("--config")
+        .arg(&config)
+        .args(["--backend", "wgpu"]));
+    assert_clean_failure(
+        &out,
+        &err,
+        &["no GPU/Vulkan adapter found", "--backend flex"],
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn the_config_backend_key_is_used_and_the_flag_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 4);
+    let config = tiny_config(tmp.path(), &data);
+    let text = format!(
+        "backend = \"wgpu\"\n{}",
+        std::fs::read_to_string(&config).unwrap()
+    );
+    std::fs::write(&config, text).unwrap();
+    // With no driver, the config's wgpu fails clearly; --backend flex wins and trains.
+    let no_driver = |cmd: &mut std::process::Command| {
+        cmd.env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+            .env("VK_DRIVER_FILES", "/nonexistent/icd.json");
+    };
+    let mut cmd = binary();
+    no_driver(&mut cmd);
+    let (out, err) = run(cmd.arg("--config").arg(&config));
+    assert_clean_failure(&out, &err, &["no GPU/Vulkan adapter found"]);
+    let mut cmd = binary();
+    no_driver(&mut cmd);
+    let (out, err) = run(cmd.arg("--config").arg(&config).args(["--backend", "flex"]));
+    assert!(out.status.success(), "{err}");
+    let (out, err) = run(binary().arg("--config").arg(&config).args([
+        "--backend",
+        "flex",
+        "--device",
+        "1",
+        "--force",
+    ]));
+    assert_clean_failure(&out, &err, &["--device", "wgpu"]);
+}
