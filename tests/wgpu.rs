@@ -1,4 +1,3 @@
-#![cfg(feature = "wgpu")]
 //! `--backend wgpu` end to end. On a machine without a GPU, Mesa's lavapipe (software Vulkan,
 //! installed by scripts/install-deps.sh) runs the same WGSL shaders on the CPU; where no adapter
 //! exists at all, the GPU tests print why they are skipped.
