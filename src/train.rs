@@ -678,8 +678,9 @@ mod wgpu_parity {
             .fold(0.0, f32::max)
     }
 
-    /// Parity tolerance: f32 sums in another order, then one Adam/RMSProp step of lr 1e-4.
-    const TOLERANCE: f32 = 2e-5;
+    /// Parity tolerance on every parameter and state value (spectral u, v; BatchNorm
+    /// statistics): f32 sums in another order, then one SGD step of lr 1e-2.
+    const TOLERANCE: f32 = 1e-5;
 
     #[test]
     #[allow(deprecated)] // ndarray is the reference the issue names
@@ -697,11 +698,18 @@ mod wgpu_parity {
                 // Identical initial weights (and spectral-norm u, v): copy a's into b.
                 b.generator = b.generator.load_record(a.generator.clone().into_record());
                 b.critic = b.critic.load_record(a.critic.clone().into_record());
+                // SGD, so that an update is lr * gradient. Adam's first step is lr * sign(g),
+                // which turns rounding noise on gradients that are identically zero (the
+                // critic head's bias under the WGAN loss, biases before BatchNorm) into +-lr.
+                for gan in [&mut a, &mut b] {
+                    gan.optim_d = burn::optim::SgdConfig::new().init();
+                    gan.optim_g = burn::optim::SgdConfig::new().init();
+                }
                 assert_eq!(max_diff(&flat(&a.critic), &flat(&b.critic)), 0.0);
                 let (batch_a, z_a) = host_batch(3, &cpu);
                 let (batch_b, z_b) = host_batch(3, &gpu);
-                let sa = critic_step(&mut a, batch_a, 1e-4);
-                let sb = critic_step(&mut b, batch_b, 1e-4);
+                let sa = critic_step(&mut a, batch_a, 1e-2);
+                let sb = critic_step(&mut b, batch_b, 1e-2);
                 let (la, lb) = (scalar(sa.loss), scalar(sb.loss));
                 assert!(
                     (la - lb).abs() <= 1e-4 * (1.0 + la.abs()),
@@ -710,8 +718,8 @@ mod wgpu_parity {
                 let d = max_diff(&flat(&a.critic), &flat(&b.critic));
                 assert!(d <= TOLERANCE, "{kind}: critic parameters differ by {d}");
                 let (ga, gb) = (
-                    scalar(generator_step(&mut a, z_a, 1e-4)),
-                    scalar(generator_step(&mut b, z_b, 1e-4)),
+                    scalar(generator_step(&mut a, z_a, 1e-2)),
+                    scalar(generator_step(&mut b, z_b, 1e-2)),
                 );
                 assert!(
                     (ga - gb).abs() <= 1e-4 * (1.0 + ga.abs()),

@@ -151,3 +151,30 @@ fn the_config_backend_key_is_used_and_the_flag_wins() {
     ]));
     assert_clean_failure(&out, &err, &["--device", "wgpu"]);
 }
+
+#[test]
+fn device_picks_an_adapter_by_index_and_names_the_ones_there_are() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 4);
+    let config = tiny_config(tmp.path(), &data);
+    let (out, err) = run(binary().arg("--config").arg(&config).args([
+        "--backend",
+        "wgpu",
+        "--device",
+        "0",
+        "--set",
+        "train.iterations=1",
+    ]));
+    assert!(out.status.success(), "{err}");
+    let (out, err) = run(binary().arg("--config").arg(&config).args([
+        "--backend",
+        "wgpu",
+        "--device",
+        "99",
+        "--force",
+    ]));
+    assert_clean_failure(&out, &err, &["--device 99 does not exist", "0: "]);
+}

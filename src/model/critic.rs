@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::activation::leaky_relu;
-use burn::tensor::module::{conv_transpose2d, conv2d, linear};
+use burn::tensor::module::{conv_transpose2d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 /// LeakyReLU slope of every hidden critic layer.
@@ -126,7 +126,11 @@ impl CriticLinear {
 
     /// The forward pass with a given `[out, in]` kernel.
     pub fn forward_with(&self, kernel: Tensor<2>, x: Tensor<2>) -> Tensor<2> {
-        linear(x, kernel.transpose(), Some(self.bias.val()))
+        // (W x^T)^T rather than x W^T: the kernel then reaches its gradient through a matmul
+        // (a dense tensor), not through a transpose (a strided view). On Burn 0.22's wgpu
+        // backend (seen on lavapipe) Adam turned such a strided [1, in] gradient into NaN.
+        let out = kernel.matmul(x.transpose()).transpose(); // [B, out]
+        out + self.bias.val().unsqueeze::<2>()
     }
 
     /// `upstream` `[B, out]` -> d loss / d input `[B, in]`: a product with the kernel.
