@@ -9,8 +9,7 @@ fn trains_end_to_end_and_writes_grids_metrics_config_and_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
     let data = image_folder(tmp.path(), 9);
     let config = tiny_config(tmp.path(), &data);
-    let (out, stderr) = run(binary().arg("--config").arg(&config));
-    assert!(out.status.success(), "{stderr}");
+    succeed(binary().arg("--config").arg(&config));
     let run_dir = tmp.path().join("run");
 
     // Grids at step 2 and at the end; 2x2 images of 32 px with 2 px padding.
@@ -70,19 +69,20 @@ fn set_overrides_and_out_flag_take_effect() {
     let data = image_folder(tmp.path(), 6);
     let config = tiny_config(tmp.path(), &data);
     let out_dir = tmp.path().join("elsewhere");
-    let (out, stderr) = run(binary()
-        .arg("--config")
-        .arg(&config)
-        .args(["--set", "train.iterations=1", "--set", "data.channels=3"])
-        .args([
-            "--set",
-            "output.grid_rows=3",
-            "--set",
-            "constraint.kind=\"none\"",
-        ])
-        .arg("--out")
-        .arg(&out_dir));
-    assert!(out.status.success(), "{stderr}");
+    succeed(
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(["--set", "train.iterations=1", "--set", "data.channels=3"])
+            .args([
+                "--set",
+                "output.grid_rows=3",
+                "--set",
+                "constraint.kind=\"none\"",
+            ])
+            .arg("--out")
+            .arg(&out_dir),
+    );
     let grid = image::open(out_dir.join("samples/step_000001.png")).unwrap();
     assert_eq!((grid.width(), grid.height()), (104, 104));
     assert!(grid.as_rgb8().is_some(), "3 channels give an RGB grid");

@@ -85,28 +85,31 @@ fn a_stopped_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
             "--set",
             kind_set.as_str(),
         ];
-        let (out, err) = run(binary()
-            .arg("--config")
-            .arg(&config)
-            .args(base)
-            .args(["--set", "train.iterations=7"])
-            .arg("--out")
-            .arg(&whole));
-        assert!(out.status.success(), "{err}");
+        succeed(
+            binary()
+                .arg("--config")
+                .arg(&config)
+                .args(base)
+                .args(["--set", "train.iterations=7"])
+                .arg("--out")
+                .arg(&whole),
+        );
         // Stop after 4, continue to 7 from the run's own config.toml.
-        let (out, err) = run(binary()
-            .arg("--config")
-            .arg(&config)
-            .args(base)
-            .args(["--set", "train.iterations=4"])
-            .arg("--out")
-            .arg(&parts));
-        assert!(out.status.success(), "{err}");
-        let (out, err) = run(binary()
-            .args(["--resume", "--set", "train.iterations=7"])
-            .arg("--out")
-            .arg(&parts));
-        assert!(out.status.success(), "{err}");
+        succeed(
+            binary()
+                .arg("--config")
+                .arg(&config)
+                .args(base)
+                .args(["--set", "train.iterations=4"])
+                .arg("--out")
+                .arg(&parts),
+        );
+        let err = succeed(
+            binary()
+                .args(["--resume", "--set", "train.iterations=7"])
+                .arg("--out")
+                .arg(&parts),
+        );
         assert!(err.contains("resuming"), "{err}");
         let (a, b) = (losses(&metrics(&whole)), losses(&metrics(&parts)));
         assert_eq!(a.len(), 7);
@@ -127,20 +130,20 @@ fn keeps_the_newest_checkpoints_and_refuses_to_overwrite_a_run() {
         "--set",
         "output.keep_checkpoints=2",
     ];
-    let (out, err) = run(binary().arg("--config").arg(&config).args(args));
-    assert!(out.status.success(), "{err}");
+    succeed(binary().arg("--config").arg(&config).args(args));
     let run_dir = tmp.path().join("run");
     assert_eq!(steps_of(&run_dir), vec![4, 5]);
     // A second start into the same folder is refused, naming the flags.
     let (out, err) = run(binary().arg("--config").arg(&config).args(args));
     assert_clean_failure(&out, &err, &["already holds a run", "--resume", "--force"]);
     // --force starts over.
-    let (out, err) = run(binary()
-        .arg("--config")
-        .arg(&config)
-        .args(args)
-        .arg("--force"));
-    assert!(out.status.success(), "{err}");
+    succeed(
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .arg("--force"),
+    );
     assert_eq!(metrics(&run_dir).len(), 5);
 }
 
@@ -155,17 +158,17 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
         "--set",
         "output.checkpoint_every=1",
     ];
-    let (out, err) = run(binary().arg("--config").arg(&config).args(args));
-    assert!(out.status.success(), "{err}");
+    succeed(binary().arg("--config").arg(&config).args(args));
     let run_dir = tmp.path().join("run");
     let newest = run_dir.join("checkpoints/step_000004/generator.bpk");
     let bytes = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
-    let (out, err) = run(binary()
-        .args(["--resume", "--set", "train.iterations=5"])
-        .arg("--out")
-        .arg(&run_dir));
-    assert!(out.status.success(), "{err}");
+    let err = succeed(
+        binary()
+            .args(["--resume", "--set", "train.iterations=5"])
+            .arg("--out")
+            .arg(&run_dir),
+    );
     assert!(
         err.contains("step_000004") && err.contains("unusable"),
         "{err}"
@@ -205,11 +208,12 @@ fn ctrl_c_writes_a_checkpoint_and_exits_130_and_the_run_resumes() {
         metrics(&run_dir).last().unwrap()["step"].as_u64().unwrap() as usize,
         at
     );
-    let (out, err) = run(binary()
-        .args(["--resume", "--set", &format!("train.iterations={}", at + 2)])
-        .arg("--out")
-        .arg(&run_dir));
-    assert!(out.status.success(), "{err}");
+    succeed(
+        binary()
+            .args(["--resume", "--set", &format!("train.iterations={}", at + 2)])
+            .arg("--out")
+            .arg(&run_dir),
+    );
     assert_eq!(steps_of(&run_dir).last(), Some(&(at + 2)));
 }
 
@@ -244,15 +248,16 @@ fn a_run_killed_while_writing_checkpoints_resumes_from_a_valid_one() {
         }
     }
     let newest = *steps_of(&run_dir).last().unwrap();
-    let (out, err) = run(binary()
-        .args([
-            "--resume",
-            "--set",
-            &format!("train.iterations={}", newest + 1),
-        ])
-        .arg("--out")
-        .arg(&run_dir));
-    assert!(out.status.success(), "{err}");
+    let err = succeed(
+        binary()
+            .args([
+                "--resume",
+                "--set",
+                &format!("train.iterations={}", newest + 1),
+            ])
+            .arg("--out")
+            .arg(&run_dir),
+    );
     assert!(err.contains(&format!("iteration {newest}")), "{err}");
 }
 
@@ -261,21 +266,23 @@ fn sample_writes_n_images_and_a_grid_and_export_writes_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     let data = image_folder(tmp.path(), 6);
     let config = tiny_config(tmp.path(), &data);
-    let (out, err) = run(binary()
-        .arg("--config")
-        .arg(&config)
-        .args(["--set", "output.checkpoint_every=1"]));
-    assert!(out.status.success(), "{err}");
+    succeed(
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(["--set", "output.checkpoint_every=1"]),
+    );
     let run_dir = tmp.path().join("run");
     let samples = tmp.path().join("samples");
-    let (out, err) = run(binary()
-        .arg("sample")
-        .arg("--run")
-        .arg(&run_dir)
-        .args(["--n", "300", "--grid", "--seed", "4", "--checkpoint", "2"])
-        .arg("--out")
-        .arg(&samples));
-    assert!(out.status.success(), "{err}");
+    succeed(
+        binary()
+            .arg("sample")
+            .arg("--run")
+            .arg(&run_dir)
+            .args(["--n", "300", "--grid", "--seed", "4", "--checkpoint", "2"])
+            .arg("--out")
+            .arg(&samples),
+    );
     let pngs = std::fs::read_dir(&samples)
         .unwrap()
         .filter(|e| {
@@ -300,13 +307,14 @@ fn sample_writes_n_images_and_a_grid_and_export_writes_safetensors() {
     assert_clean_failure(&out, &err, &["no checkpoint 99", "1, 2, 3"]);
 
     let st = tmp.path().join("g.safetensors");
-    let (out, err) = run(binary()
-        .arg("export")
-        .arg("--run")
-        .arg(&run_dir)
-        .arg("--out")
-        .arg(&st));
-    assert!(out.status.success(), "{err}");
+    succeed(
+        binary()
+            .arg("export")
+            .arg("--run")
+            .arg(&run_dir)
+            .arg("--out")
+            .arg(&st),
+    );
     let bytes = std::fs::read(&st).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(tensors.tensor("fc.weight").unwrap().shape(), &[16 * 16, 8]);

@@ -58,11 +58,12 @@ fn a_checkpoint_written_on_one_backend_resumes_on_the_other() {
     let data = image_folder(tmp.path(), 6);
     let config = tiny_config(tmp.path(), &data);
     let run_dir = tmp.path().join("run");
-    let (out, err) = run(binary()
-        .arg("--config")
-        .arg(&config)
-        .args(["--set", "train.iterations=2"]));
-    assert!(out.status.success(), "{err}");
+    succeed(
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(["--set", "train.iterations=2"]),
+    );
     let (out, err) = run(binary()
         .args([
             "--resume",
@@ -88,14 +89,15 @@ fn a_checkpoint_written_on_one_backend_resumes_on_the_other() {
     assert!(run_dir.join("checkpoints/step_000004/state.json").exists());
     // The config key selects the backend too.
     let samples = tmp.path().join("s");
-    let (out, err) = run(binary()
-        .arg("sample")
-        .arg("--run")
-        .arg(&run_dir)
-        .args(["--backend", "wgpu", "--n", "3"])
-        .arg("--out")
-        .arg(&samples));
-    assert!(out.status.success(), "{err}");
+    succeed(
+        binary()
+            .arg("sample")
+            .arg("--run")
+            .arg(&run_dir)
+            .args(["--backend", "wgpu", "--n", "3"])
+            .arg("--out")
+            .arg(&samples),
+    );
     assert!(samples.join("sample_000002.png").exists());
 }
 
@@ -140,8 +142,7 @@ fn the_config_backend_key_is_used_and_the_flag_wins() {
     assert_clean_failure(&out, &err, &["no GPU/Vulkan adapter found"]);
     let mut cmd = binary();
     no_driver(&mut cmd);
-    let (out, err) = run(cmd.arg("--config").arg(&config).args(["--backend", "flex"]));
-    assert!(out.status.success(), "{err}");
+    succeed(cmd.arg("--config").arg(&config).args(["--backend", "flex"]));
     let (out, err) = run(binary().arg("--config").arg(&config).args([
         "--backend",
         "flex",
@@ -160,7 +161,7 @@ fn device_picks_an_adapter_by_index_and_names_the_ones_there_are() {
     let tmp = tempfile::tempdir().unwrap();
     let data = image_folder(tmp.path(), 4);
     let config = tiny_config(tmp.path(), &data);
-    let (out, err) = run(binary().arg("--config").arg(&config).args([
+    succeed(binary().arg("--config").arg(&config).args([
         "--backend",
         "wgpu",
         "--device",
@@ -168,7 +169,6 @@ fn device_picks_an_adapter_by_index_and_names_the_ones_there_are() {
         "--set",
         "train.iterations=1",
     ]));
-    assert!(out.status.success(), "{err}");
     let (out, err) = run(binary().arg("--config").arg(&config).args([
         "--backend",
         "wgpu",

@@ -35,10 +35,8 @@ impl CriticConv {
         spectral: Option<SpectralOptions>,
         device: &Device,
     ) -> Self {
-        let fan_in = channels_in * 16;
-        let weight = torch_default_init([channels_out, channels_in, 4, 4], fan_in, device);
-        let bias = torch_default_init([channels_out], fan_in, device);
-        let spectral = spectral.map(|options| SpectralNorm::new(&weight.val(), options));
+        let shape = [channels_out, channels_in, 4, 4];
+        let (weight, bias, spectral) = init_layer(shape, channels_in * 16, spectral, device);
         Self {
             weight,
             bias,
@@ -48,10 +46,7 @@ impl CriticConv {
 
     /// The kernel as used in the forward pass (`W / sigma` under spectral normalization).
     pub fn kernel(&self) -> Tensor<4> {
-        match &self.spectral {
-            Some(sn) if sn.in_forward => sn.normalize(self.weight.val()),
-            _ => self.weight.val(),
-        }
+        forward_kernel(&self.spectral, self.weight.val())
     }
 
     /// `[B, in, H, W]` -> `[B, out, H/2, W/2]`, before the activation.
@@ -101,9 +96,7 @@ pub struct CriticLinear {
 
 impl CriticLinear {
     fn new(d_in: usize, d_out: usize, spectral: Option<SpectralOptions>, device: &Device) -> Self {
-        let weight = torch_default_init([d_out, d_in], d_in, device);
-        let bias = torch_default_init([d_out], d_in, device);
-        let spectral = spectral.map(|options| SpectralNorm::new(&weight.val(), options));
+        let (weight, bias, spectral) = init_layer([d_out, d_in], d_in, spectral, device);
         Self {
             weight,
             bias,
@@ -113,10 +106,7 @@ impl CriticLinear {
 
     /// The weight as used in the forward pass, `[out, in]`.
     pub fn kernel(&self) -> Tensor<2> {
-        match &self.spectral {
-            Some(sn) if sn.in_forward => sn.normalize(self.weight.val()),
-            _ => self.weight.val(),
-        }
+        forward_kernel(&self.spectral, self.weight.val())
     }
 
     /// `[B, in]` -> `[B, out]`.
@@ -264,6 +254,28 @@ impl Critic {
             g = CriticConv::input_gradient(kernel, g, size); // [B, c_in, size]
         }
         g
+    }
+}
+
+/// A layer's weight (`[out, ...]`) and bias with PyTorch's default init, then its spectral
+/// state (drawn in this order from the device RNG).
+fn init_layer<const D: usize>(
+    shape: [usize; D],
+    fan_in: usize,
+    spectral: Option<SpectralOptions>,
+    device: &Device,
+) -> (Param<Tensor<D>>, Param<Tensor<1>>, Option<SpectralNorm>) {
+    let weight = torch_default_init(shape, fan_in, device);
+    let bias = torch_default_init([shape[0]], fan_in, device);
+    let spectral = spectral.map(|options| SpectralNorm::new(&weight.val(), options));
+    (weight, bias, spectral)
+}
+
+/// `weight / sigma` when the layer is spectrally normalized in the forward pass, else `weight`.
+fn forward_kernel<const D: usize>(spectral: &Option<SpectralNorm>, weight: Tensor<D>) -> Tensor<D> {
+    match spectral {
+        Some(sn) if sn.in_forward => sn.normalize(weight),
+        _ => weight,
     }
 }
 

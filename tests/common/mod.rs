@@ -71,3 +71,10 @@ pub fn assert_clean_failure(out: &Output, stderr: &str, needles: &[&str]) {
         assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
     }
 }
+
+/// Runs `cmd` and asserts that it succeeded; returns its stderr.
+pub fn succeed(cmd: &mut Command) -> String {
+    let (out, stderr) = run(cmd);
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
