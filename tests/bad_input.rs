@@ -16,9 +16,7 @@ fn fails_with(args: &[&str], config: Option<&Path>, needles: &[&str]) {
 
 #[test]
 fn config_errors_name_the_file_or_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(4);
     fails_with(
         &[],
         Some(&tmp.path().join("nope.toml")),
@@ -91,9 +89,7 @@ fn a_folder_mixing_corrupt_and_good_images_trains_and_warns_once() {
 
 #[test]
 fn run_folder_errors_are_clear() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(4);
     let file = tmp.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let under_file = file.join("run");
@@ -114,9 +110,7 @@ fn run_folder_errors_are_clear() {
 
 #[test]
 fn a_nan_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(4);
     let (out, err) = run(binary()
         .env("WGAN_TRAIN_TEST_NAN_AT", "3")
         .arg("--config")

@@ -6,9 +6,7 @@ use common::*;
 
 #[test]
 fn trains_end_to_end_and_writes_grids_metrics_config_and_checkpoints() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 9);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(9);
     succeed(binary().arg("--config").arg(&config));
     let run_dir = tmp.path().join("run");
 
@@ -65,9 +63,7 @@ fn trains_end_to_end_and_writes_grids_metrics_config_and_checkpoints() {
 
 #[test]
 fn set_overrides_and_out_flag_take_effect() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     let out_dir = tmp.path().join("elsewhere");
     succeed(
         binary()
@@ -101,9 +97,7 @@ fn missing_data_folder_is_a_clear_error() {
 
 #[test]
 fn unknown_config_key_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
+    let (_tmp, config) = setup(4);
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("[train]", "[train]\nepochs = 3");
@@ -132,9 +126,7 @@ fn help_documents_every_flag() {
 
 #[test]
 fn every_constraint_kind_trains_end_to_end() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     let kinds: [(&str, &[&str], bool); 5] = [
         ("spectral_norm", &["constraint.power_iterations=2"], false),
         (
@@ -173,9 +165,7 @@ fn every_constraint_kind_trains_end_to_end() {
 #[cfg(not(feature = "wgpu"))]
 #[test]
 fn wgpu_backend_without_the_feature_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(4);
     let (out, stderr) = run(binary()
         .arg("--config")
         .arg(&config)

@@ -70,9 +70,7 @@ fn signal(child: &Child, sig: &str) {
 
 #[test]
 fn a_stopped_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 10);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(10);
     for kind in ["spectral_norm", "gradient_penalty"] {
         let (whole, parts) = (
             tmp.path().join(format!("whole-{kind}")),
@@ -119,9 +117,7 @@ fn a_stopped_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
 
 #[test]
 fn keeps_the_newest_checkpoints_and_refuses_to_overwrite_a_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     let args = [
         "--set",
         "train.iterations=5",
@@ -149,9 +145,7 @@ fn keeps_the_newest_checkpoints_and_refuses_to_overwrite_a_run() {
 
 #[test]
 fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     let args = [
         "--set",
         "train.iterations=4",
@@ -184,9 +178,7 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
 
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_exits_130_and_the_run_resumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     let run_dir = tmp.path().join("run");
     let mut child = spawn(binary().arg("--config").arg(&config).args([
         "--set",
@@ -219,9 +211,7 @@ fn ctrl_c_writes_a_checkpoint_and_exits_130_and_the_run_resumes() {
 
 #[test]
 fn a_run_killed_while_writing_checkpoints_resumes_from_a_valid_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     let run_dir = tmp.path().join("run");
     let mut child = spawn(binary().arg("--config").arg(&config).args([
         "--set",
@@ -263,9 +253,7 @@ fn a_run_killed_while_writing_checkpoints_resumes_from_a_valid_one() {
 
 #[test]
 fn sample_writes_n_images_and_a_grid_and_export_writes_safetensors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     succeed(
         binary()
             .arg("--config")

@@ -21,9 +21,7 @@ fn trains_a_few_iterations_on_wgpu_and_writes_a_grid() {
     if skip() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     for kind in [
         "spectral_norm",
         "gradient_penalty",
@@ -54,9 +52,7 @@ fn a_checkpoint_written_on_one_backend_resumes_on_the_other() {
     if skip() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 6);
-    let config = tiny_config(tmp.path(), &data);
+    let (tmp, config) = setup(6);
     let run_dir = tmp.path().join("run");
     succeed(
         binary()
@@ -103,9 +99,7 @@ fn a_checkpoint_written_on_one_backend_resumes_on_the_other() {
 
 #[test]
 fn no_adapter_is_a_clear_one_line_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
+    let (_tmp, config) = setup(4);
     // Point the Vulkan loader at no driver.
     let (out, err) = run(binary()
         .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
@@ -123,9 +117,7 @@ fn no_adapter_is_a_clear_one_line_error() {
 
 #[test]
 fn the_config_backend_key_is_used_and_the_flag_wins() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
+    let (_tmp, config) = setup(4);
     let text = format!(
         "backend = \"wgpu\"\n{}",
         std::fs::read_to_string(&config).unwrap()
@@ -158,9 +150,7 @@ fn device_picks_an_adapter_by_index_and_names_the_ones_there_are() {
     if skip() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = image_folder(tmp.path(), 4);
-    let config = tiny_config(tmp.path(), &data);
+    let (_tmp, config) = setup(4);
     succeed(binary().arg("--config").arg(&config).args([
         "--backend",
         "wgpu",

@@ -78,3 +78,12 @@ pub fn succeed(cmd: &mut Command) -> String {
     assert!(out.status.success(), "{stderr}");
     stderr
 }
+
+/// A temp dir holding `images` generated images and a tiny config over them (run folder
+/// `<tmp>/run`); keep the returned dir alive for the test's length.
+pub fn setup(images: usize) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), images);
+    let config = tiny_config(tmp.path(), &data);
+    (tmp, config)
+}
