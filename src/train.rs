@@ -502,14 +502,15 @@ fn write_grid(
 mod tests {
     use super::*;
 
-    fn tiny_config(kind: &str) -> Config {
+    pub(super) fn tiny_config(kind: &str) -> Config {
         let text = format!(
             "[data]\nimage_size = 32\nchannels = 1\n[model]\nz_dim = 8\ng_width = 4\nd_width = 4\n[constraint]\nkind = \"{kind}\"\n"
         );
         Config::from_toml(&text, &[]).unwrap()
     }
 
-    fn params<M: Module>(module: &M) -> Vec<Vec<f32>> {
+    /// Every float parameter and state value of `module`, one vector per tensor.
+    pub(super) fn params<M: Module>(module: &M) -> Vec<Vec<f32>> {
         struct Collect(Vec<Vec<f32>>);
         impl burn::module::ModuleVisitor for Collect {
             fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
@@ -632,16 +633,9 @@ mod tests {
 
 #[cfg(all(test, feature = "wgpu"))]
 mod wgpu_parity {
+    use super::tests::{params, tiny_config};
     use super::*;
     use crate::backend::{Backend, gpu_available};
-    use burn::module::ModuleVisitor;
-
-    fn config(kind: &str) -> Config {
-        let text = format!(
-            "[data]\nimage_size = 32\nchannels = 1\n[model]\nz_dim = 8\ng_width = 4\nd_width = 4\n[constraint]\nkind = \"{kind}\"\n"
-        );
-        Config::from_toml(&text, &[]).unwrap()
-    }
 
     /// Every input drawn on the host, so both devices get the same numbers.
     fn host_batch(seed: u64, device: &Device) -> (CriticBatch, Tensor<2>) {
@@ -658,16 +652,7 @@ mod wgpu_parity {
     }
 
     fn flat<M: Module>(module: &M) -> Vec<f32> {
-        struct Collect(Vec<f32>);
-        impl ModuleVisitor for Collect {
-            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-                let v: Vec<f32> = p.val().into_data().convert::<f32>().try_to_vec().unwrap();
-                self.0.extend(v);
-            }
-        }
-        let mut c = Collect(Vec::new());
-        module.visit(&mut c);
-        c.0
+        params(module).concat()
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -692,7 +677,7 @@ mod wgpu_parity {
         let gpu = Backend::Wgpu.device(None).unwrap().autodiff();
         for cpu in [Device::ndarray().autodiff(), Device::flex().autodiff()] {
             for kind in ["spectral_norm", "gradient_penalty", "weight_clipping"] {
-                let config = config(kind);
+                let config = tiny_config(kind);
                 let mut a = Gan::new(&config, &cpu);
                 let mut b = Gan::new(&config, &gpu);
                 // Identical initial weights (and spectral-norm u, v): copy a's into b.

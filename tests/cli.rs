@@ -165,7 +165,7 @@ fn every_constraint_kind_trains_end_to_end() {
 #[cfg(not(feature = "wgpu"))]
 #[test]
 fn wgpu_backend_without_the_feature_is_a_clear_error() {
-    let (tmp, config) = setup(4);
+    let (_tmp, config) = setup(4);
     let (out, stderr) = run(binary()
         .arg("--config")
         .arg(&config)

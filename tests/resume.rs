@@ -6,27 +6,18 @@ use common::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use wgan_train::metrics::Record;
 
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+/// The metrics lines of a run (none while the file is missing or a line is half written).
+fn metrics(run: &Path) -> Vec<Record> {
+    wgan_train::metrics::read(&run.join("metrics.jsonl")).unwrap_or_default()
 }
 
-fn losses(lines: &[serde_json::Value]) -> Vec<(u64, f64, f64, f64)> {
+/// Per step: (step, critic loss, generator loss, Wasserstein estimate).
+fn losses(lines: &[Record]) -> Vec<(usize, f64, f64, f64)> {
     lines
         .iter()
-        .map(|l| {
-            let f = |k: &str| l[k].as_f64().unwrap();
-            (
-                l["step"].as_u64().unwrap(),
-                f("critic_loss"),
-                f("generator_loss"),
-                f("wasserstein"),
-            )
-        })
+        .map(|r| (r.step, r.critic_loss, r.generator_loss, r.wasserstein))
         .collect()
 }
 
@@ -168,7 +159,7 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
         "{err}"
     );
     assert!(err.contains("iteration 3"), "{err}");
-    let steps: Vec<u64> = losses(&metrics(&run_dir)).iter().map(|l| l.0).collect();
+    let steps: Vec<usize> = metrics(&run_dir).iter().map(|r| r.step).collect();
     assert_eq!(
         steps,
         vec![1, 2, 3, 4, 5],
@@ -196,10 +187,7 @@ fn ctrl_c_writes_a_checkpoint_and_exits_130_and_the_run_resumes() {
     let steps = steps_of(&run_dir);
     assert_eq!(steps.len(), 1, "one checkpoint, at the interruption");
     let at = steps[0];
-    assert_eq!(
-        metrics(&run_dir).last().unwrap()["step"].as_u64().unwrap() as usize,
-        at
-    );
+    assert_eq!(metrics(&run_dir).last().unwrap().step, at);
     succeed(
         binary()
             .args(["--resume", "--set", &format!("train.iterations={}", at + 2)])
