@@ -134,11 +134,26 @@ pub fn critic_step(gan: &mut Gan, batch: CriticBatch, lr: f64) -> CriticStats {
 }
 
 /// One generator step on noise `[B, z]`; returns the loss -mean f(G(z)).
+///
+/// The backward pass runs in two graphs: the critic's, from the loss to the images
+/// (`g = d loss / d fake`), then the generator's, from `sum(fake * g)` with `g` constant, whose
+/// gradient is exactly `J^T g`, the chain rule's. One graph from the loss to the generator's
+/// weights gives the same numbers on the CPU backends, but on Burn 0.22's wgpu backend
+/// (lavapipe) it gave wrong generator gradients in about one process in three when a critic
+/// step had run before (every generator parameter off, e.g. 7e-4 after one SGD step of lr 1e-2,
+/// while the critic's input gradient alone was right); the split graphs matched the CPU in
+/// 10 runs of 10. The parity test in this file guards it.
 pub fn generator_step(gan: &mut Gan, z: Tensor<2>, lr: f64) -> Tensor<1> {
     // The critic's weights get no gradient in this step.
     let critic = gan.critic.clone().no_grad();
-    let loss = critic.forward(gan.generator.forward(z)).mean().neg(); // [1]
-    let grads = GradientsParams::from_grads(loss.backward(), &gan.generator);
+    let fake = gan.generator.forward(z); // [B, C, S, S]
+    let images = fake.clone().detach().require_grad();
+    let loss = critic.forward(images.clone()).mean().neg(); // [1]
+    let upstream = images
+        .grad(&loss.backward())
+        .expect("the images require a gradient"); // [B, C, S, S]
+    let surrogate = (fake * upstream).sum(); // [1], gradient J^T upstream
+    let grads = GradientsParams::from_grads(surrogate.backward(), &gan.generator);
     gan.generator = gan.optim_g.step(lr, gan.generator.clone(), grads);
     loss.detach()
 }
