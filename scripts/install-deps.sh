@@ -3,7 +3,7 @@
 # Idempotent; run as root (CI runs it from .ci/run).
 #  - rustfmt, for `cargo fmt --check`;
 #  - Mesa's lavapipe (software Vulkan) and the Vulkan loader, so that the wgpu backend's tests
-#    (`cargo test --features wgpu`) run for real on a machine without a GPU. Optional: a failed
+#    (part of `cargo test`) run for real on a machine without a GPU. Optional: a failed
 #    install only warns.
 set -euo pipefail
 command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (rustup.rs)" >&2; exit 1; }
