@@ -114,6 +114,10 @@ pub struct TrainSection {
     pub beta2: f64,
     /// Seed of every random choice: initial weights, data order, noise.
     pub seed: u64,
+    /// Wall-clock budget in minutes: stop (with a checkpoint) after the first iteration that
+    /// reaches it, even before `iterations`. Unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_minutes: Option<f64>,
 }
 
 impl Default for TrainSection {
@@ -128,6 +132,7 @@ impl Default for TrainSection {
             beta1: 0.0,
             beta2: 0.9,
             seed: 0,
+            max_minutes: None,
         }
     }
 }
@@ -256,6 +261,16 @@ pub struct OutputConfig {
     pub keep_checkpoints: usize,
     /// The sample grid is `grid_rows` x `grid_rows` images.
     pub grid_rows: usize,
+    /// Log the critic's Lipschitz diagnostics (per-layer sigma, product bound, input-gradient
+    /// norms) with every metrics line.
+    pub diagnostics: bool,
+    /// Compute the sliced Wasserstein distance to the data every this many generator
+    /// iterations and at the end (0: never).
+    pub eval_every: usize,
+    /// Images per set (generated and real) for the sliced Wasserstein distance.
+    pub eval_images: usize,
+    /// Redraw the plots in `plots/` with every metrics line.
+    pub plots: bool,
 }
 
 impl Default for OutputConfig {
@@ -267,6 +282,10 @@ impl Default for OutputConfig {
             checkpoint_every: 500,
             keep_checkpoints: 3,
             grid_rows: 8,
+            diagnostics: true,
+            eval_every: 250,
+            eval_images: 256,
+            plots: true,
         }
     }
 }
@@ -333,6 +352,17 @@ impl Config {
         let o = &self.output;
         positive("output.log_every", o.log_every)?;
         positive("output.keep_checkpoints", o.keep_checkpoints)?;
+        if !(16..=16384).contains(&o.eval_images) {
+            bail!(
+                "output.eval_images = {} is out of range: use 16 to 16384",
+                o.eval_images
+            );
+        }
+        if let Some(m) = t.max_minutes
+            && !(m.is_finite() && m > 0.0)
+        {
+            bail!("train.max_minutes = {m} must be a positive number of minutes (or left out)");
+        }
         if !(1..=16).contains(&o.grid_rows) {
             bail!(
                 "output.grid_rows = {} is out of range: use 1 to 16",

@@ -136,6 +136,16 @@ impl ImageSet {
         self.len == 0
     }
 
+    /// Channels per image.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Height and width of every image.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// The `u8` pixels of image `index`, channel-first.
     pub fn image(&self, index: usize) -> &[u8] {
         let n = self.channels * self.size * self.size;

@@ -193,11 +193,13 @@ mod tests {
     #[test]
     fn spectrally_normalized_layers_have_norm_one_and_gradients_at_most_one() {
         let device = Device::flex().autodiff();
+        device.seed(4);
         let mut critic = critic(true, &device);
         // Training forwards, one power iteration each, as in training: u, v converge to W's
-        // top singular pair (the warm-up alone leaves up to ~0.5% on some layers).
+        // top singular pair (the warm-up alone leaves up to ~0.5%, and 100 forwards up to ~1%
+        // on a layer whose top two singular values are close).
         let x = images(&device).slice([0..1]);
-        for _ in 0..100 {
+        for _ in 0..500 {
             let _ = critic.forward(x.clone());
         }
         critic = critic.valid();

@@ -1,5 +1,7 @@
 //! Training metrics: one JSON object per line in `metrics.jsonl`.
 
+use crate::lipschitz::Lipschitz;
+use crate::swd::Swd;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -24,8 +26,15 @@ pub struct Record {
     pub sec_per_iter: f64,
     /// Real images consumed per second since the previous line.
     pub images_per_sec: f64,
-    /// Seconds since training started.
+    /// Seconds of training since the run started (diagnostics, evaluation and plotting
+    /// excluded, so that runs compare at equal training time).
     pub elapsed_s: f64,
+    /// The critic's Lipschitz diagnostics (`output.diagnostics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lipschitz: Option<Lipschitz>,
+    /// Sliced Wasserstein distance to the data (every `output.eval_every` iterations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swd: Option<Swd>,
 }
 
 /// Appends [`Record`]s to a JSONL file, flushing each line.

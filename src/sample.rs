@@ -43,7 +43,7 @@ pub fn grid(images: Tensor<4>, rows: usize) -> DynamicImage {
 }
 
 /// A value in [-1, 1] as a byte (clamped).
-fn to_byte(v: f32) -> u8 {
+pub fn to_byte(v: f32) -> u8 {
     ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
 }
 

@@ -5,8 +5,10 @@ use crate::checkpoint::{self, TrainState, write_atomic};
 use crate::config::{Config, OptimizerKind};
 use crate::constraint::{Constraint, PenaltyInputs};
 use crate::data::{BatchSampler, ImageSet, Preprocess};
+use crate::eval::{self, Evaluator};
 use crate::metrics::{self, MetricsLog, Record};
 use crate::model::{Critic, Generator};
+use crate::plot;
 use crate::sample::{grid, save_png};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -231,9 +233,16 @@ pub fn train(
         &device,
     );
     let nan_at: Option<usize> = std::env::var(NAN_HOOK).ok().and_then(|v| v.parse().ok());
-    let mut log = MetricsLog::open(&run_dir.join("metrics.jsonl"))?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut records = metrics::read(&metrics_path).unwrap_or_default();
+    let mut log = MetricsLog::open(&metrics_path)?;
+    let o = &config.output;
+    let evaluator = (o.eval_every > 0)
+        .then(|| Evaluator::new(&data, o.eval_images, config.model.z_dim, t.seed));
     let bar = progress_bar(t.iterations, state.step);
     let (start_time, elapsed_before) = (Instant::now(), state.elapsed_s);
+    // Seconds spent on diagnostics, evaluation and plots, left out of the training time.
+    let mut overhead = 0.0;
     let mut window = (Instant::now(), 0usize);
     let mut summary = Summary {
         dir: run_dir.to_path_buf(),
@@ -250,26 +259,63 @@ pub fn train(
         }
         check_finite(step, &losses)?;
         state.step = step;
-        state.elapsed_s = elapsed_before + start_time.elapsed().as_secs_f64();
+        state.elapsed_s = elapsed_before + start_time.elapsed().as_secs_f64() - overhead;
         bar.set_message(format!(
             "D {:+.4} G {:+.4} W {:+.4}",
             losses.critic_loss, losses.generator_loss, losses.wasserstein
         ));
         bar.inc(1);
         window.1 += 1;
-        let last = step == t.iterations;
+        let out_of_time = t.max_minutes.is_some_and(|m| state.elapsed_s >= m * 60.0);
+        let last = step == t.iterations || out_of_time;
         let interrupted = interrupt.load(Ordering::SeqCst);
-        if step.is_multiple_of(config.output.log_every) || last || interrupted {
+        let evaluate = evaluator.is_some() && (every(step, o.eval_every) || last);
+        if step.is_multiple_of(o.log_every) || last || interrupted || evaluate {
             let secs = window.0.elapsed().as_secs_f64() / window.1 as f64;
-            log.append(&losses.record(
+            let extra = Instant::now();
+            let mut record = losses.record(
                 step,
                 secs,
                 (t.batch_size * t.n_critic) as f64,
                 state.elapsed_s,
-            ))?;
+            );
+            if o.diagnostics {
+                record.lipschitz = Some(eval::diagnostics(
+                    &gan.critic,
+                    &gan.generator,
+                    &data,
+                    DIAGNOSTICS_BATCH.min(t.batch_size),
+                    config.model.z_dim,
+                    t.seed.wrapping_add(step as u64),
+                    &device,
+                ));
+            }
+            if let Some(evaluator) = evaluator.as_ref().filter(|_| evaluate) {
+                let swd = evaluator.swd(&gan.generator, &device);
+                bar.suspend(|| {
+                    eprintln!(
+                        "iteration {step}: SWD x1e3 {:.2} (levels {})",
+                        swd.mean,
+                        swd.levels
+                            .iter()
+                            .map(|l| format!("{l:.2}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                });
+                record.swd = Some(swd);
+            }
+            log.append(&record)?;
+            records.push(record);
+            if o.plots
+                && let Err(e) = plot::run_plots(&run_dir.join(PLOTS), &records)
+            {
+                bar.suspend(|| eprintln!("warning: plots not updated: {e:#}"));
+            }
+            overhead += extra.elapsed().as_secs_f64();
             window = (Instant::now(), 0);
         }
-        if every(step, config.output.sample_every) || last {
+        if every(step, o.sample_every) || last {
             summary.last_grid = Some(write_grid(
                 &gan.generator,
                 fixed_noise.clone(),
@@ -278,13 +324,16 @@ pub fn train(
                 step,
             )?);
         }
-        if every(step, config.output.checkpoint_every) || last || interrupted {
-            let keep = config.output.keep_checkpoints;
+        if every(step, o.checkpoint_every) || last || interrupted {
+            let keep = o.keep_checkpoints;
             summary.last_checkpoint = Some(checkpoint::save(run_dir, &gan, &state, keep)?);
         }
         summary.step = step;
         if interrupted && !last {
             summary.ended = Ended::Interrupted;
+            break;
+        }
+        if out_of_time {
             break;
         }
     }
@@ -322,6 +371,8 @@ impl IterationLosses {
             sec_per_iter,
             images_per_sec: images_per_iter / sec_per_iter,
             elapsed_s,
+            lipschitz: None,
+            swd: None,
         }
     }
 }
@@ -440,8 +491,20 @@ fn prepare_run_dir(config: &Config, run_dir: &Path) -> Result<()> {
     write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())
 }
 
+/// The run's plot folder.
+pub const PLOTS: &str = "plots";
+
+/// Real images in the diagnostics batch (at most the training batch size).
+const DIAGNOSTICS_BATCH: usize = 64;
+
 /// The files and folders a run writes; `--force` removes these and nothing else.
-pub const RUN_CONTENTS: [&str; 4] = ["config.toml", "metrics.jsonl", "samples", "checkpoints"];
+pub const RUN_CONTENTS: [&str; 5] = [
+    "config.toml",
+    "metrics.jsonl",
+    "samples",
+    "checkpoints",
+    PLOTS,
+];
 
 /// Whether `run_dir` exists and holds anything.
 pub fn holds_anything(run_dir: &Path) -> bool {
