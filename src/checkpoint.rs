@@ -255,6 +255,17 @@ pub fn load_generator(
     step: Option<usize>,
     fresh: impl Fn() -> Generator,
 ) -> Result<(Generator, usize)> {
+    load_network(run_dir, step, "generator", fresh)
+}
+
+/// The network `name` (`generator` or `critic`) of checkpoint `step` of a run (the newest usable
+/// one when `None`), loaded into `fresh`, with the step it comes from.
+pub fn load_network<M: Module>(
+    run_dir: &Path,
+    step: Option<usize>,
+    name: &str,
+    fresh: impl Fn() -> M,
+) -> Result<(M, usize)> {
     let all = list(run_dir);
     let candidates: Vec<&(usize, PathBuf)> = match step {
         Some(s) => {
@@ -283,7 +294,7 @@ pub fn load_generator(
     }
     let mut errors = Vec::new();
     for (k, dir) in candidates {
-        match load_module(fresh(), &dir.join("generator.bpk")) {
+        match load_module(fresh(), &dir.join(format!("{name}.bpk"))) {
             Ok(g) => {
                 for e in &errors {
                     eprintln!("warning: {e}; using checkpoint {k}");
@@ -294,7 +305,7 @@ pub fn load_generator(
         }
     }
     bail!(
-        "no usable generator in {}: {}",
+        "no usable {name} in {}: {}",
         run_dir.display(),
         errors.join("; ")
     )

@@ -4,7 +4,7 @@ use crate::backend::{self, Backend};
 use crate::config::Config;
 use crate::model::Generator;
 use crate::train::{self, Ended, Start};
-use crate::{checkpoint, export, sample};
+use crate::{checkpoint, compare, eval, export, sample};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -20,7 +20,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 #[derive(Debug, Parser)]
 #[command(name = "wgan-train", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    /// Sample from or export a trained run instead of training.
+    /// Sample from, export, inspect or evaluate a trained run, or compare configs, instead of
+    /// training.
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -73,6 +74,84 @@ pub enum Command {
     Sample(SampleArgs),
     /// Write a run's generator as safetensors with PyTorch's parameter names and layouts.
     Export(ExportArgs),
+    /// Check the Lipschitz constraint of a run's critic: per-layer sigma (stored u, v vs exact),
+    /// the product bound, and input-gradient norms on the run's data.
+    Inspect(InspectArgs),
+    /// Sliced Wasserstein distance between a run's generator and its data (and of the data
+    /// against itself, for reference).
+    Eval(EvalArgs),
+    /// Train several configs with the same seed, data and budget, and write report.md with a
+    /// table, overlaid plots and the final grids side by side.
+    Compare(CompareArgs),
+}
+
+/// Flags of `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The run folder.
+    #[arg(long, value_name = "RUN")]
+    pub run: PathBuf,
+    /// Iteration of the checkpoint (default: the newest usable one).
+    #[arg(long, value_name = "N")]
+    pub checkpoint: Option<usize>,
+    /// Images of the run's data (and as many generated) for the gradient norms.
+    #[arg(long, default_value_t = 64)]
+    pub images: usize,
+    /// Compute backend (default: flex).
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
+    pub backend: Backend,
+    /// GPU adapter for --backend wgpu.
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
+}
+
+/// Flags of `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The run folder.
+    #[arg(long, value_name = "RUN")]
+    pub run: PathBuf,
+    /// Iteration of the checkpoint (default: the newest usable one).
+    #[arg(long, value_name = "N")]
+    pub checkpoint: Option<usize>,
+    /// Images per set (default: the run's output.eval_images).
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Compute backend (default: flex).
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
+    pub backend: Backend,
+    /// GPU adapter for --backend wgpu.
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
+}
+
+/// Flags of `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The configs to compare, e.g. configs/sn.toml configs/gp.toml configs/clip.toml.
+    #[arg(long, num_args = 1.., required = true, value_name = "FILE")]
+    pub configs: Vec<PathBuf>,
+    /// Folder for the runs (one subfolder per config) and report.md.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Override a config key in every run, as TOML (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Generator iterations per run (default: each config's train.iterations).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Training minutes per run (stops each run there; with --iterations, whichever first).
+    #[arg(long, allow_negative_numbers = true)]
+    pub minutes: Option<f64>,
+    /// Delete earlier runs in --out first.
+    #[arg(long)]
+    pub force: bool,
+    /// Compute backend (default: flex).
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
+    pub backend: Backend,
+    /// GPU adapter for --backend wgpu.
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
 }
 
 /// Flags of `sample`.
@@ -135,6 +214,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Sample(args)) => sample_command(args),
         Some(Command::Export(args)) => export_command(args),
+        Some(Command::Inspect(args)) => inspect_command(args),
+        Some(Command::Eval(args)) => eval_command(args),
+        Some(Command::Compare(args)) => compare_command(args),
         None => train_command(cli.train),
     }
 }
@@ -269,4 +351,91 @@ fn export_command(args: ExportArgs) -> Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn inspect_command(args: InspectArgs) -> Result<ExitCode> {
+    if args.images == 0 {
+        bail!("--images 0: ask for at least one image");
+    }
+    backend::check_adapter(args.backend, args.device)?;
+    let device = args.backend.device(args.device)?;
+    let run = eval::load_run(&args.run, args.checkpoint, &device)?;
+    let data = eval::run_data(&run.config, args.images)?;
+    let n = args.images.min(data.len());
+    let diagnostics = eval::diagnostics(
+        &run.critic,
+        &run.generator,
+        &data,
+        n,
+        run.config.model.z_dim,
+        run.config.train.seed,
+        &device,
+    );
+    println!(
+        "critic of {} at iteration {} ({})",
+        args.run.display(),
+        run.step,
+        run.config.constraint.kind.name()
+    );
+    print!("{}", eval::inspect_report(&run.critic, &diagnostics, n));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval_command(args: EvalArgs) -> Result<ExitCode> {
+    backend::check_adapter(args.backend, args.device)?;
+    let device = args.backend.device(args.device)?;
+    let run = eval::load_run(&args.run, args.checkpoint, &device)?;
+    let n = args.images.unwrap_or(run.config.output.eval_images);
+    if !(16..=16384).contains(&n) {
+        bail!("--images {n} is out of range: use 16 to 16384");
+    }
+    let (generated, floor, n) = eval::evaluate_run(&run, n, &device)?;
+    println!(
+        "generator of {} at iteration {}",
+        args.run.display(),
+        run.step
+    );
+    print!("{}", eval::swd_report(&generated, floor.as_ref(), n));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare_command(args: CompareArgs) -> Result<ExitCode> {
+    if let Some(m) = args.minutes
+        && !(m.is_finite() && m > 0.0)
+    {
+        bail!("--minutes {m}: give a positive number of minutes");
+    }
+    if args.iterations == Some(0) {
+        bail!("--iterations 0: give at least one iteration");
+    }
+    backend::check_adapter(args.backend, args.device)?;
+    let device = args.backend.device(args.device)?;
+    let entries = compare::entries(&args.configs, &args.out);
+    let budget = compare::Budget {
+        iterations: args.iterations,
+        minutes: args.minutes,
+    };
+    let interrupt = install_interrupt_handler()?;
+    let (report, ended) = compare::compare(
+        &entries,
+        &args.overrides,
+        budget,
+        &args.out,
+        args.force,
+        &device,
+        &interrupt,
+    )?;
+    match ended {
+        Ended::Finished => {
+            println!("compared {} runs: {}", entries.len(), report.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Ended::Interrupted => {
+            eprintln!(
+                "interrupted; the report covers the runs so far: {}",
+                report.display()
+            );
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
 }

@@ -64,7 +64,23 @@ impl ImageSet {
     /// Loads every image under `dir`, showing a progress bar on a terminal.
     /// Unreadable files are skipped and counted; no readable image is an error naming `dir`.
     pub fn load(dir: &Path, prep: Preprocess) -> Result<(Self, Skipped)> {
-        let files = image_files(dir)?;
+        Self::load_files(dir, image_files(dir)?, prep)
+    }
+
+    /// Loads `n` images (all when there are fewer) chosen at random with `seed`, for
+    /// evaluation on a large folder without decoding all of it.
+    pub fn load_some(dir: &Path, prep: Preprocess, n: usize, seed: u64) -> Result<(Self, Skipped)> {
+        let mut files = image_files(dir)?;
+        if files.len() > n {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut chosen = rand::seq::index::sample(&mut rng, files.len(), n).into_vec();
+            chosen.sort_unstable();
+            files = chosen.into_iter().map(|i| files[i].clone()).collect();
+        }
+        Self::load_files(dir, files, prep)
+    }
+
+    fn load_files(dir: &Path, files: Vec<PathBuf>, prep: Preprocess) -> Result<(Self, Skipped)> {
         let bar = ProgressBar::new(files.len() as u64).with_style(
             ProgressStyle::with_template("loading images {bar:30} {pos}/{len} [{elapsed} < {eta}]")
                 .expect("valid template"),

@@ -4,15 +4,20 @@
 //! running statistics) and their own seeded random streams, so a run with them gives the same
 //! losses as one without.
 
-use crate::data::ImageSet;
+use crate::checkpoint;
+use crate::config::Config;
+use crate::constraint::Constraint;
+use crate::data::{ImageSet, Preprocess};
 use crate::lipschitz::{self, Lipschitz};
 use crate::model::{Critic, Generator};
 use crate::sample::to_byte;
 use crate::swd::{self, Images, Swd};
+use anyhow::{Context, Result};
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
+use std::path::Path;
 
 /// Images per generator forward when generating an evaluation set.
 const GENERATE_BATCH: usize = 256;
@@ -120,4 +125,139 @@ pub fn diagnostics(
         .forward(crate::train::noise(&mut rng, n, z_dim, &device));
     let epsilon = crate::train::epsilon(&mut rng, n, &device);
     lipschitz::diagnose(&critic.valid(), real, fake, epsilon)
+}
+
+/// A trained run as `inspect` and `eval` use it: its config, one checkpoint's networks.
+pub struct LoadedRun {
+    /// The run's config.toml.
+    pub config: Config,
+    /// The generator of the checkpoint.
+    pub generator: Generator,
+    /// The critic of the checkpoint, with its spectral-norm `u`, `v`.
+    pub critic: Critic,
+    /// The checkpoint's iteration.
+    pub step: usize,
+}
+
+/// Loads checkpoint `step` (the newest usable one when `None`) of the run in `run`.
+pub fn load_run(run: &Path, step: Option<usize>, device: &Device) -> Result<LoadedRun> {
+    let config = Config::load(&run.join("config.toml"), &[])
+        .with_context(|| format!("{} is not a wgan-train run folder", run.display()))?;
+    let (d, m) = (&config.data, &config.model);
+    let (generator, step) = checkpoint::load_network(run, step, "generator", || {
+        Generator::new(d.image_size, d.channels, m.z_dim, m.g_width, device)
+    })?;
+    let spectral = Constraint::from_config(&config.constraint).critic_spectral();
+    let (critic, _) = checkpoint::load_network(run, Some(step), "critic", || {
+        Critic::new(d.image_size, d.channels, m.d_width, spectral, device)
+    })?;
+    Ok(LoadedRun {
+        config,
+        generator,
+        critic,
+        step,
+    })
+}
+
+/// `n` images of the run's data folder (a random subset of a large folder).
+pub fn run_data(config: &Config, n: usize) -> Result<ImageSet> {
+    let d = &config.data;
+    let prep = Preprocess {
+        size: d.image_size,
+        channels: d.channels,
+        crop: d.crop,
+    };
+    let (data, skipped) = ImageSet::load_some(&d.dir, prep, n, config.train.seed)?;
+    if let Some(warning) = skipped.warning(&d.dir) {
+        eprintln!("{warning}");
+    }
+    Ok(data)
+}
+
+/// `inspect`'s report: a table per critic layer (power-iteration sigma from the stored `u`,
+/// `v`, the exact largest singular value, their relative error, the norm of the kernel as used
+/// in the forward pass), the product bound, and input-gradient statistics.
+pub fn inspect_report(critic: &Critic, diagnostics: &Lipschitz, images: usize) -> String {
+    let mut shapes: Vec<(String, Vec<usize>)> = critic
+        .convs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("conv{}", i + 1), c.weight.val().dims().to_vec()))
+        .collect();
+    shapes.push(("head".into(), critic.head.weight.val().dims().to_vec()));
+    let mut out = format!(
+        "{:<6} {:<16} {:>12} {:>12} {:>10} {:>12}\n",
+        "layer", "shape", "sigma (u,v)", "sigma exact", "rel. err", "kernel norm"
+    );
+    for ((name, shape), layer) in shapes.iter().zip(&diagnostics.layers) {
+        let shape = format!("{shape:?}");
+        let pi = layer.sigma_pi.map_or("-".into(), |p| format!("{p:.6}"));
+        let err = layer
+            .relative_error()
+            .map_or("-".into(), |e| format!("{e:.2e}"));
+        out += &format!(
+            "{name:<6} {shape:<16} {pi:>12} {:>12.6} {err:>10} {:>12.6}\n",
+            layer.sigma_raw, layer.sigma
+        );
+    }
+    out += &format!(
+        "product of kernel norms (Lipschitz bound of the matrix views): {:.6}\n",
+        diagnostics.bound
+    );
+    out += &format!("input-gradient norm ||grad_x f|| over {images} images:\n");
+    for (what, s) in [
+        ("real", diagnostics.grad_real),
+        ("generated", diagnostics.grad_fake),
+        ("interpolates", diagnostics.grad_interpolates),
+    ] {
+        out += &format!("  {what:<13} mean {:.6}  max {:.6}\n", s.mean, s.max);
+    }
+    out
+}
+
+/// `eval`'s report: SWD per level of the generator against the data and, where the data holds
+/// two disjoint sets of the size, of the data against itself (the floor to compare with).
+pub fn swd_report(generated: &Swd, real_vs_real: Option<&Swd>, images: usize) -> String {
+    let mut out = format!(
+        "sliced Wasserstein distance x1e3 over {images} images per set (lower is better)\n{:<12} {:>12} {:>14}\n",
+        "resolution", "generated", "real vs real"
+    );
+    for (i, res) in generated.resolutions.iter().enumerate() {
+        let floor = real_vs_real.map_or("-".into(), |r| format!("{:.3}", r.levels[i]));
+        out += &format!(
+            "{:<12} {:>12.3} {floor:>14}\n",
+            format!("{res}x{res}"),
+            generated.levels[i]
+        );
+    }
+    let floor = real_vs_real.map_or("-".into(), |r| format!("{:.3}", r.mean));
+    out += &format!("{:<12} {:>12.3} {floor:>14}\n", "mean", generated.mean);
+    out
+}
+
+/// SWD of a run's generator against `n` of its images, and of two disjoint sets of `n` real
+/// images against each other where the data has `2n`.
+pub fn evaluate_run(
+    run: &LoadedRun,
+    n: usize,
+    device: &Device,
+) -> Result<(Swd, Option<Swd>, usize)> {
+    let config = &run.config;
+    let data = run_data(config, 2 * n)?;
+    let n = n.min(data.len());
+    let seed = config.train.seed;
+    let evaluator = Evaluator::new(&data, n, config.model.z_dim, seed);
+    let generated = evaluator.swd(&run.generator, device);
+    let floor = (data.len() >= 2 * n).then(|| {
+        let all = real_images(&data, 2 * n, seed ^ REAL_STREAM);
+        let per = n * all.channels * all.size * all.size;
+        let half = |k: usize| Images {
+            values: all.values[k * per..(k + 1) * per].to_vec(),
+            n,
+            channels: all.channels,
+            size: all.size,
+        };
+        swd::swd(&half(0), &half(1), seed)
+    });
+    Ok((generated, floor, n))
 }

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod constraint;
 pub mod data;

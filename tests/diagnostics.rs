@@ -1,0 +1,270 @@
+//! End to end: Lipschitz diagnostics and SWD in metrics.jsonl, plots, `inspect`, `eval`,
+//! `compare`, and the wall-clock budget.
+
+mod common;
+
+use common::*;
+use nalgebra::DMatrix;
+use std::path::Path;
+use wgan_train::metrics;
+
+/// A tiny config of `kind` over 40 images; `extra` is appended (TOML).
+fn kind_config(root: &Path, data: &Path, kind: &str, extra: &str) -> std::path::PathBuf {
+    let base = std::fs::read_to_string(tiny_config(root, data)).unwrap();
+    let text = format!(
+        "{base}eval_every = 2\neval_images = 16\n{extra}\n[constraint]\nkind = \"{kind}\"\n"
+    );
+    let path = root.join(format!("{kind}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn setup_kind(kind: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 40);
+    let config = kind_config(tmp.path(), &data, kind, "");
+    (tmp, config)
+}
+
+#[test]
+fn training_logs_diagnostics_and_swd_and_draws_plots() {
+    let (tmp, config) = setup_kind("spectral_norm");
+    succeed(
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(["--set", "train.iterations=4"]),
+    );
+    let run = tmp.path().join("run");
+    let records = metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        let l = r.lipschitz.as_ref().expect("diagnostics on every line");
+        assert_eq!(l.layers.len(), 4, "3 convolutions and the head at 32x32");
+        for layer in &l.layers {
+            let pi = layer.sigma_pi.expect("spectral norm has a power iteration");
+            assert!((layer.sigma - layer.sigma_raw / pi).abs() < 1e-9 * layer.sigma);
+        }
+        let product: f64 = l.layers.iter().map(|x| x.sigma).product();
+        assert!((l.bound - product).abs() < 1e-9 * product);
+        for g in [l.grad_real, l.grad_fake, l.grad_interpolates] {
+            assert!(g.mean.is_finite() && g.mean > 0.0 && g.mean <= g.max);
+        }
+        // SWD at every second iteration (eval_every = 2) and at the end.
+        assert_eq!(r.swd.is_some(), r.step % 2 == 0, "step {}", r.step);
+    }
+    let swd = records[3].swd.as_ref().unwrap();
+    assert_eq!(swd.resolutions, vec![32, 16]);
+    assert!(swd.levels.iter().all(|&l| l > 0.0 && l.is_finite()));
+    for plot in [
+        "losses",
+        "wasserstein",
+        "gradient_norms",
+        "lipschitz_bound",
+        "swd",
+    ] {
+        let svg = std::fs::read_to_string(run.join("plots").join(format!("{plot}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{plot}"
+        );
+    }
+}
+
+/// The numbers of `inspect`'s table: per layer (sigma from u, v; exact sigma; kernel norm).
+fn parse_table(stdout: &str) -> Vec<(f64, f64, f64)> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("conv") || l.starts_with("head"))
+        .map(|l| {
+            // name, shape (may hold spaces, inside brackets), then four columns.
+            let tail: Vec<&str> = l.rsplit(']').next().unwrap().split_whitespace().collect();
+            (
+                tail[0].parse().unwrap(),
+                tail[1].parse().unwrap(),
+                tail[3].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn inspect_agrees_with_an_independent_svd_of_the_checkpoint() {
+    let (tmp, config) = setup_kind("spectral_norm");
+    succeed(binary().arg("--config").arg(&config));
+    let run = tmp.path().join("run");
+    let out = binary()
+        .args(["inspect", "--run"])
+        .arg(&run)
+        .args(["--images", "8"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = parse_table(&stdout);
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(stdout.contains("product of kernel norms") && stdout.contains("interpolates"));
+    let loaded = wgan_train::eval::load_run(&run, None, &burn::prelude::Device::flex()).unwrap();
+    let mut weights: Vec<(Vec<f32>, usize)> = loaded
+        .critic
+        .convs
+        .iter()
+        .map(|c| {
+            let w = c.weight.val();
+            let rows = w.dims()[0];
+            (w.into_data().to_vec().unwrap(), rows)
+        })
+        .collect();
+    let head = loaded.critic.head.weight.val();
+    weights.push((head.into_data().to_vec().unwrap(), 1));
+    for ((values, rows), (pi, exact, norm)) in weights.into_iter().zip(rows) {
+        let cols = values.len() / rows;
+        let m = DMatrix::from_row_iterator(rows, cols, values.into_iter().map(f64::from));
+        let svd = m.singular_values().max();
+        assert!(
+            (exact - svd).abs() <= 1e-6 + 1e-6 * svd,
+            "inspect {exact} vs SVD {svd}"
+        );
+        assert!((norm - svd / pi).abs() <= 1e-5 * norm, "kernel norm {norm}");
+    }
+}
+
+#[test]
+fn eval_reports_swd_per_level_with_the_real_data_floor() {
+    let (tmp, config) = setup_kind("gradient_penalty");
+    succeed(binary().arg("--config").arg(&config));
+    let out = binary()
+        .args(["eval", "--run"])
+        .arg(tmp.path().join("run"))
+        .args(["--images", "16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |name: &str| -> Vec<f64> {
+        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    for name in ["32x32", "16x16", "mean"] {
+        let v = row(name);
+        assert_eq!(v.len(), 2, "generated and real-vs-real: {stdout}");
+        // Three iterations of a 4-wide generator are far from the data; the data's two
+        // halves are close to each other.
+        assert!(
+            v[1] < v[0],
+            "{name}: real vs real {} >= generated {}",
+            v[1],
+            v[0]
+        );
+    }
+}
+
+#[test]
+fn compare_trains_each_config_and_writes_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 40);
+    let configs: Vec<_> = ["spectral_norm", "gradient_penalty", "weight_clipping"]
+        .iter()
+        .map(|k| kind_config(tmp.path(), &data, k, ""))
+        .collect();
+    let out = tmp.path().join("cmp");
+    succeed(
+        binary()
+            .args(["compare", "--configs"])
+            .args(&configs)
+            .arg("--out")
+            .arg(&out)
+            .args(["--iterations", "2", "--set", "train.seed=5"]),
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for (name, kind) in [
+        ("spectral_norm", "spectral_norm"),
+        ("gradient_penalty", "gradient_penalty"),
+        ("weight_clipping", "weight_clipping"),
+    ] {
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no row for {name}: {report}"));
+        assert!(row.contains(kind));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[3], "2", "iterations: {row}");
+        assert!(cells[5].parse::<f64>().unwrap() > 0.0, "final SWD: {row}");
+        let resolved = std::fs::read_to_string(out.join(name).join("config.toml")).unwrap();
+        assert!(resolved.contains("seed = 5"), "--set reaches every run");
+    }
+    assert!(report.contains("![swd](plots/swd.svg)") && out.join("plots/swd.svg").exists());
+    // The three 2x2 grids of 32-pixel images side by side with 8-pixel gaps.
+    let grids = image::open(out.join("grids.png")).unwrap();
+    let grid = image::open(out.join("spectral_norm/samples/step_000002.png")).unwrap();
+    assert_eq!(grids.width(), 3 * grid.width() + 4 * 8);
+    // A second compare into the same folder refuses without --force.
+    let (o, stderr) = run(binary()
+        .args(["compare", "--configs"])
+        .args(&configs)
+        .arg("--out")
+        .arg(&out)
+        .args(["--iterations", "1"]));
+    assert_clean_failure(&o, &stderr, &["already holds a run", "--force"]);
+}
+
+#[test]
+fn a_wall_clock_budget_stops_the_run_with_a_checkpoint() {
+    let (tmp, config) = setup_kind("spectral_norm");
+    succeed(binary().arg("--config").arg(&config).args([
+        "--set",
+        "train.iterations=100000",
+        "--set",
+        "train.max_minutes=0.0001",
+    ]));
+    let run = tmp.path().join("run");
+    let records = metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let last = records.last().unwrap();
+    assert!(last.step < 100, "stopped early at {}", last.step);
+    assert!(last.swd.is_some(), "evaluated at the end");
+    assert!(
+        run.join(format!("checkpoints/step_{:06}", last.step))
+            .is_dir(),
+        "checkpoint at the last step"
+    );
+}
+
+#[test]
+fn bad_budgets_and_configs_are_clear_errors() {
+    let (tmp, config) = setup_kind("spectral_norm");
+    let out = tmp.path().join("cmp");
+    let (o, e) = run(binary()
+        .args(["compare", "--configs"])
+        .arg(&config)
+        .arg(tmp.path().join("missing.toml"))
+        .arg("--out")
+        .arg(&out));
+    assert_clean_failure(&o, &e, &["missing.toml"]);
+    let (o, e) = run(binary()
+        .args(["compare", "--configs"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .args(["--minutes", "-1"]));
+    assert_clean_failure(&o, &e, &["--minutes"]);
+    let (o, e) = run(binary()
+        .arg("--config")
+        .arg(&config)
+        .args(["--set", "output.eval_images=3"]));
+    assert_clean_failure(&o, &e, &["output.eval_images"]);
+    let (o, e) = run(binary()
+        .args(["inspect", "--run"])
+        .arg(tmp.path().join("nothing")));
+    assert_clean_failure(&o, &e, &["not a wgan-train run folder"]);
+}
