@@ -377,8 +377,20 @@ fn inspect_command(args: InspectArgs) -> Result<ExitCode> {
         run.step,
         run.config.constraint.kind.name()
     );
-    print!("{}", eval::inspect_report(&run.critic, &diagnostics, n));
+    // A plain (non-autodiff) device: the kernels come without a power iteration.
+    let operator_norms = operator_norms(&run.critic, run.config.data.image_size);
+    print!(
+        "{}",
+        eval::inspect_report(&run.critic, &diagnostics, &operator_norms, n)
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Power-iteration steps for the convolutions' operator norms in `inspect`.
+const OPERATOR_NORM_STEPS: usize = 100;
+
+fn operator_norms(critic: &crate::model::Critic, image_size: usize) -> Vec<f64> {
+    crate::lipschitz::conv_operator_norms(critic, image_size, OPERATOR_NORM_STEPS)
 }
 
 fn eval_command(args: EvalArgs) -> Result<ExitCode> {

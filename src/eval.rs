@@ -177,7 +177,12 @@ pub fn run_data(config: &Config, n: usize) -> Result<ImageSet> {
 /// `inspect`'s report: a table per critic layer (power-iteration sigma from the stored `u`,
 /// `v`, the exact largest singular value, their relative error, the norm of the kernel as used
 /// in the forward pass), the product bound, and input-gradient statistics.
-pub fn inspect_report(critic: &Critic, diagnostics: &Lipschitz, images: usize) -> String {
+pub fn inspect_report(
+    critic: &Critic,
+    diagnostics: &Lipschitz,
+    operator_norms: &[f64],
+    images: usize,
+) -> String {
     let mut shapes: Vec<(String, Vec<usize>)> = critic
         .convs
         .iter()
@@ -186,23 +191,34 @@ pub fn inspect_report(critic: &Critic, diagnostics: &Lipschitz, images: usize) -
         .collect();
     shapes.push(("head".into(), critic.head.weight.val().dims().to_vec()));
     let mut out = format!(
-        "{:<6} {:<16} {:>12} {:>12} {:>10} {:>12}\n",
-        "layer", "shape", "sigma (u,v)", "sigma exact", "rel. err", "kernel norm"
+        "{:<6} {:<16} {:>12} {:>12} {:>10} {:>12} {:>12}\n",
+        "layer", "shape", "sigma (u,v)", "sigma exact", "rel. err", "kernel norm", "layer norm"
     );
-    for ((name, shape), layer) in shapes.iter().zip(&diagnostics.layers) {
+    // The head is a linear map: its operator norm is its kernel norm.
+    let layer_norms: Vec<f64> = operator_norms
+        .iter()
+        .copied()
+        .chain(diagnostics.layers.last().map(|l| l.sigma))
+        .collect();
+    let rows = shapes.iter().zip(&diagnostics.layers).zip(&layer_norms);
+    for (((name, shape), layer), op) in rows {
         let shape = format!("{shape:?}");
         let pi = layer.sigma_pi.map_or("-".into(), |p| format!("{p:.6}"));
         let err = layer
             .relative_error()
             .map_or("-".into(), |e| format!("{e:.2e}"));
         out += &format!(
-            "{name:<6} {shape:<16} {pi:>12} {:>12.6} {err:>10} {:>12.6}\n",
+            "{name:<6} {shape:<16} {pi:>12} {:>12.6} {err:>10} {:>12.6} {op:>12.6}\n",
             layer.sigma_raw, layer.sigma
         );
     }
     out += &format!(
-        "product of kernel norms (Lipschitz bound of the matrix views): {:.6}\n",
+        "product of kernel norms (matrix views, as spectral normalization sees them): {:.6}\n",
         diagnostics.bound
+    );
+    out += &format!(
+        "product of layer norms (convolutions as operators: a true Lipschitz bound): {:.6}\n",
+        layer_norms.iter().product::<f64>()
     );
     out += &format!("input-gradient norm ||grad_x f|| over {images} images:\n");
     for (what, s) in [

@@ -8,9 +8,10 @@
 //! SN controls, and the convolution's operator norm can exceed it (by at most
 //! `ceil(k/s) = 2`, the overlap of the windows): the gradient norms measure the real thing.
 
-use crate::model::critic::Critic;
+use crate::model::critic::{Critic, CriticConv};
 use crate::model::spectral::{SpectralNorm, as_matrix};
 use burn::prelude::*;
+use burn::tensor::module::conv2d;
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +93,42 @@ pub fn host_matrix<const D: usize>(kernel: Tensor<D>) -> DMatrix<f64> {
         .expect("f32 data");
     // Row-major values -> column-major matrix.
     DMatrix::from_row_iterator(rows, cols, values.into_iter().map(f64::from))
+}
+
+/// Operator norm of a critic convolution with `kernel` (`[out, in, 4, 4]`, stride 2,
+/// padding 1, as used in the forward pass) on `[in, size, size]` inputs: `steps` power
+/// iterations on `K^T K`, with the convolution and its adjoint (the transposed convolution).
+/// Bias does not matter. Unlike the matrix view's norm this is the layer's true Lipschitz
+/// constant, so the product over the layers is a true bound on the critic's.
+pub fn conv_operator_norm(kernel: Tensor<4>, size: usize, steps: usize) -> f64 {
+    let [_, c_in, _, _] = kernel.dims();
+    let device = kernel.device();
+    let n = c_in * size * size;
+    // A fixed, full-support start (cosines of distinct frequencies), normalized.
+    let start: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.7548 + 0.3).cos()).collect();
+    let mut x = Tensor::<4>::from_data(TensorData::new(start, [1, c_in, size, size]), &device);
+    let conv = |x: Tensor<4>| conv2d(x, kernel.clone(), None, CriticConv::options());
+    let unit = |x: Tensor<4>| {
+        let norm = x.clone().square().sum().sqrt().into_scalar::<f32>();
+        x.div_scalar(norm.max(1e-30))
+    };
+    x = unit(x);
+    for _ in 0..steps {
+        let y = conv(x.clone());
+        x = unit(CriticConv::input_gradient(kernel.clone(), y, [size, size]));
+    }
+    conv(x).square().sum().sqrt().into_scalar::<f32>() as f64
+}
+
+/// The operator norm of every critic convolution (kernels as used in the forward pass, inputs
+/// of an `image_size` image), by power iteration.
+pub fn conv_operator_norms(critic: &Critic, image_size: usize, steps: usize) -> Vec<f64> {
+    critic
+        .convs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| conv_operator_norm(c.kernel().detach(), image_size >> i, steps))
+        .collect()
 }
 
 /// One layer's raw kernel (matrix view) and its spectral-norm state.
@@ -272,6 +309,27 @@ mod tests {
                 "{x:?} -> {y:?}"
             );
         }
+    }
+
+    /// Against the convolution written out as a dense matrix (its columns are the images of the
+    /// basis vectors) and nalgebra's SVD of it.
+    #[test]
+    fn conv_operator_norm_matches_the_svd_of_the_dense_convolution() {
+        let device = Device::flex();
+        device.seed(6);
+        let (c_in, c_out, size) = (2, 3, 8);
+        let kernel =
+            Tensor::<4>::random([c_out, c_in, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let n = c_in * size * size;
+        let basis = Tensor::<2>::eye(n, &device).reshape([n, c_in, size, size]);
+        let images = conv2d(basis, kernel.clone(), None, CriticConv::options()); // [n, out, 4, 4]
+        let m = host_matrix(images).transpose(); // [out*16, n]
+        let svd = m.singular_values().max();
+        let ours = conv_operator_norm(kernel.clone(), size, 200);
+        assert!((ours - svd).abs() <= 1e-4 * svd, "{ours} vs {svd}");
+        // And it lies between the matrix view's norm and twice it.
+        let view = largest_singular_value(&host_matrix(kernel));
+        assert!(ours <= 2.0 * view + 1e-9, "{ours} > 2 x {view}");
     }
 
     #[test]
