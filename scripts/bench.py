@@ -42,7 +42,8 @@ def ours(binary, kind, size, channels, a, out):
            "--set", f"data.channels={channels}", "--set", "train.batch_size=64",
            "--set", "train.n_critic=5", "--set", f"train.iterations={a.warmup + a.iters}",
            "--set", "output.log_every=1", "--set", "output.sample_every=0",
-           "--set", "output.checkpoint_every=0"]
+           "--set", "output.checkpoint_every=0", "--set", "output.diagnostics=false",
+           "--set", "output.eval_every=0", "--set", "output.plots=false"]
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     _, rss = measured(cmd, env)
     lines = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]

@@ -183,10 +183,9 @@ pub fn row(name: &str, kind: &str, records: &[Record], equal_time: f64) -> Row {
         } else {
             f64::NAN
         },
-        final_swd: evaluated().last().map(|(_, s)| s),
+        final_swd: evaluated().next_back().map(|(_, s)| s),
         swd_at_equal_time: evaluated()
-            .filter(|(r, _)| r.elapsed_s <= equal_time * (1.0 + 1e-9))
-            .last()
+            .rfind(|(r, _)| r.elapsed_s <= equal_time * (1.0 + 1e-9))
             .map(|(r, s)| (s, r.step)),
         grad: diagnosed.map(|l| {
             (

@@ -235,7 +235,7 @@ mod tests {
         // Training forwards, one power iteration each, as in training: u, v converge to W's
         // top singular pair (the warm-up alone leaves up to ~0.5%, and 100 forwards up to ~1%
         // on a layer whose top two singular values are close).
-        let x = images(&device).slice([0..1]);
+        let x = images(&device).narrow(0, 0, 1);
         for _ in 0..500 {
             let _ = critic.forward(x.clone());
         }

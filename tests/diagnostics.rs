@@ -116,11 +116,11 @@ fn inspect_agrees_with_an_independent_svd_of_the_checkpoint() {
         .map(|c| {
             let w = c.weight.val();
             let rows = w.dims()[0];
-            (w.into_data().to_vec().unwrap(), rows)
+            (w.into_data().try_to_vec::<f32>().unwrap(), rows)
         })
         .collect();
     let head = loaded.critic.head.weight.val();
-    weights.push((head.into_data().to_vec().unwrap(), 1));
+    weights.push((head.into_data().try_to_vec::<f32>().unwrap(), 1));
     for ((values, rows), (pi, exact, norm)) in weights.into_iter().zip(rows) {
         let cols = values.len() / rows;
         let m = DMatrix::from_row_iterator(rows, cols, values.into_iter().map(f64::from));
