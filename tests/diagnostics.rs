@@ -270,8 +270,8 @@ fn bad_budgets_and_configs_are_clear_errors() {
 }
 
 /// The metric tracks learning: on the embedded Fashion-MNIST sample, SWD falls as a small SN
-/// GAN trains (Flex is deterministic, so this is one fixed trajectory: 262, 207, 190, 173, 154,
-/// 132 when written).
+/// GAN trains (Flex is deterministic on one machine, so this is one fixed trajectory: 262, 207,
+/// 190, 173, 154, 132 at iterations 50 to 300 when written).
 #[test]
 fn swd_falls_as_training_progresses_on_the_embedded_data() {
     let tmp = tempfile::tempdir().unwrap();
