@@ -690,6 +690,40 @@ mod tests {
         }
     }
 
+    /// The two-graph generator step (critic to images, then generator) gives the gradient of
+    /// one graph from the loss to the generator's weights, which autodiff computes directly.
+    #[test]
+    fn the_two_graph_generator_step_equals_one_graph_backpropagation() {
+        let device = Device::flex().autodiff();
+        for kind in ["spectral_norm", "none"] {
+            let config = tiny_config(kind);
+            let mut a = Gan::new(&config, &device);
+            let mut b = Gan::new(&config, &device);
+            b.generator = b.generator.load_record(a.generator.clone().into_record());
+            b.critic = b.critic.load_record(a.critic.clone().into_record());
+            a.optim_g = burn::optim::SgdConfig::new().init();
+            b.optim_g = burn::optim::SgdConfig::new().init();
+            let z = noise(&mut ChaCha8Rng::seed_from_u64(4), 4, 8, &device);
+            let la = scalar(generator_step(&mut a, z.clone(), 1e-1));
+            // One graph, as autodiff would do it.
+            let critic = b.critic.clone().no_grad();
+            let loss = critic.forward(b.generator.forward(z)).mean().neg();
+            let grads = GradientsParams::from_grads(loss.backward(), &b.generator);
+            b.generator = b.optim_g.step(1e-1, b.generator.clone(), grads);
+            assert!((la - scalar(loss.detach())).abs() < 1e-7, "{kind}: losses");
+            let (pa, pb) = (params(&a.generator), params(&b.generator));
+            let before = params(&Gan::new(&config, &device).generator);
+            let mut moved = 0.0f32;
+            for ((x, y), z) in pa.iter().zip(&pb).zip(&before) {
+                for ((p, q), r) in x.iter().zip(y).zip(z) {
+                    assert!((p - q).abs() <= 1e-6, "{kind}: {p} vs {q}");
+                    moved = moved.max((p - r).abs());
+                }
+            }
+            assert!(moved > 1e-4, "{kind}: the step moved the generator");
+        }
+    }
+
     #[test]
     fn noise_is_standard_normal_and_reproducible() {
         let device = Device::flex();
