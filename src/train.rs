@@ -233,16 +233,9 @@ pub fn train(
         &device,
     );
     let nan_at: Option<usize> = std::env::var(NAN_HOOK).ok().and_then(|v| v.parse().ok());
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut records = metrics::read(&metrics_path).unwrap_or_default();
-    let mut log = MetricsLog::open(&metrics_path)?;
-    let o = &config.output;
-    let evaluator = (o.eval_every > 0)
-        .then(|| Evaluator::new(&data, o.eval_images, config.model.z_dim, t.seed));
+    let mut monitor = Monitor::open(config, run_dir, &data)?;
     let bar = progress_bar(t.iterations, state.step);
     let (start_time, elapsed_before) = (Instant::now(), state.elapsed_s);
-    // Seconds spent on diagnostics, evaluation and plots, left out of the training time.
-    let mut overhead = 0.0;
     let mut window = (Instant::now(), 0usize);
     let mut summary = Summary {
         dir: run_dir.to_path_buf(),
@@ -251,6 +244,7 @@ pub fn train(
         last_checkpoint: None,
         ended: Ended::Finished,
     };
+    let o = &config.output;
     while state.step < t.iterations {
         let step = state.step + 1;
         let mut losses = iteration(&mut gan, &mut state, &data, config, &device);
@@ -259,7 +253,7 @@ pub fn train(
         }
         check_finite(step, &losses)?;
         state.step = step;
-        state.elapsed_s = elapsed_before + start_time.elapsed().as_secs_f64() - overhead;
+        state.elapsed_s = elapsed_before + start_time.elapsed().as_secs_f64() - monitor.overhead_s;
         bar.set_message(format!(
             "D {:+.4} G {:+.4} W {:+.4}",
             losses.critic_loss, losses.generator_loss, losses.wasserstein
@@ -269,50 +263,12 @@ pub fn train(
         let out_of_time = t.max_minutes.is_some_and(|m| state.elapsed_s >= m * 60.0);
         let last = step == t.iterations || out_of_time;
         let interrupted = interrupt.load(Ordering::SeqCst);
-        let evaluate = evaluator.is_some() && (every(step, o.eval_every) || last);
+        let evaluate = monitor.evaluator.is_some() && (every(step, o.eval_every) || last);
         if step.is_multiple_of(o.log_every) || last || interrupted || evaluate {
             let secs = window.0.elapsed().as_secs_f64() / window.1 as f64;
-            let extra = Instant::now();
-            let mut record = losses.record(
-                step,
-                secs,
-                (t.batch_size * t.n_critic) as f64,
-                state.elapsed_s,
-            );
-            if o.diagnostics {
-                record.lipschitz = Some(eval::diagnostics(
-                    &gan.critic,
-                    &gan.generator,
-                    &data,
-                    DIAGNOSTICS_BATCH.min(t.batch_size),
-                    config.model.z_dim,
-                    t.seed.wrapping_add(step as u64),
-                    &device,
-                ));
-            }
-            if let Some(evaluator) = evaluator.as_ref().filter(|_| evaluate) {
-                let swd = evaluator.swd(&gan.generator, &device);
-                bar.suspend(|| {
-                    eprintln!(
-                        "iteration {step}: SWD x1e3 {:.2} (levels {})",
-                        swd.mean,
-                        swd.levels
-                            .iter()
-                            .map(|l| format!("{l:.2}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                });
-                record.swd = Some(swd);
-            }
-            log.append(&record)?;
-            records.push(record);
-            if o.plots
-                && let Err(e) = plot::run_plots(&run_dir.join(PLOTS), &records)
-            {
-                bar.suspend(|| eprintln!("warning: plots not updated: {e:#}"));
-            }
-            overhead += extra.elapsed().as_secs_f64();
+            let images = (t.batch_size * t.n_critic) as f64;
+            let record = losses.record(step, secs, images, state.elapsed_s);
+            bar.suspend(|| monitor.log(record, &gan, evaluate, &device))?;
             window = (Instant::now(), 0);
         }
         if every(step, o.sample_every) || last {
@@ -339,6 +295,81 @@ pub fn train(
     }
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// What a metrics line carries beyond the losses (diagnostics, SWD), the metrics file and the
+/// plots, and the seconds all that took, which are left out of the training time.
+struct Monitor<'a> {
+    config: &'a Config,
+    run_dir: &'a Path,
+    data: &'a ImageSet,
+    evaluator: Option<Evaluator>,
+    log: MetricsLog,
+    records: Vec<Record>,
+    overhead_s: f64,
+}
+
+impl<'a> Monitor<'a> {
+    /// Appends to the run's metrics.jsonl (a resumed run's earlier lines feed the plots).
+    fn open(config: &'a Config, run_dir: &'a Path, data: &'a ImageSet) -> Result<Self> {
+        let path = run_dir.join("metrics.jsonl");
+        let o = &config.output;
+        Ok(Self {
+            config,
+            run_dir,
+            data,
+            evaluator: (o.eval_every > 0).then(|| {
+                Evaluator::new(data, o.eval_images, config.model.z_dim, config.train.seed)
+            }),
+            records: metrics::read(&path).unwrap_or_default(),
+            log: MetricsLog::open(&path)?,
+            overhead_s: 0.0,
+        })
+    }
+
+    /// Adds the diagnostics (and, when `evaluate`, the SWD) to `record`, appends it, redraws
+    /// the plots.
+    fn log(
+        &mut self,
+        mut record: Record,
+        gan: &Gan,
+        evaluate: bool,
+        device: &Device,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let (o, t) = (&self.config.output, &self.config.train);
+        let step = record.step;
+        if o.diagnostics {
+            record.lipschitz = Some(eval::diagnostics(
+                &gan.critic,
+                &gan.generator,
+                self.data,
+                DIAGNOSTICS_BATCH.min(t.batch_size),
+                self.config.model.z_dim,
+                t.seed.wrapping_add(step as u64),
+                device,
+            ));
+        }
+        if let Some(evaluator) = self.evaluator.as_ref().filter(|_| evaluate) {
+            let swd = evaluator.swd(&gan.generator, device);
+            let levels: Vec<String> = swd.levels.iter().map(|l| format!("{l:.2}")).collect();
+            eprintln!(
+                "iteration {step}: SWD x1e3 {:.2} (levels {})",
+                swd.mean,
+                levels.join(", ")
+            );
+            record.swd = Some(swd);
+        }
+        self.log.append(&record)?;
+        self.records.push(record);
+        if o.plots
+            && let Err(e) = plot::run_plots(&self.run_dir.join(PLOTS), &self.records)
+        {
+            eprintln!("warning: plots not updated: {e:#}");
+        }
+        self.overhead_s += started.elapsed().as_secs_f64();
+        Ok(())
+    }
 }
 
 /// The scalars of one generator iteration.
