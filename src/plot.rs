@@ -48,6 +48,18 @@ pub struct Figure<'a> {
 
 const PANEL: (u32, u32) = (560, 380);
 
+/// Line colours, distinguishable on white (matplotlib's "tab10").
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
 /// Writes `figure` into `dir` (atomically); nothing when it has no point.
 pub fn draw(dir: &Path, figure: &Figure) -> Result<()> {
     if figure.series.iter().all(|s| s.points.is_empty()) {
@@ -78,6 +90,8 @@ fn panel<DB: DrawingBackend>(
     let all = || figure.series.iter().flat_map(|s| s.points.iter());
     let (x0, x1) = range(all().map(&x_of));
     let (y0, y1) = range(all().map(|p| p.2));
+    // Head room for the legend box (upper right), a line of it per series.
+    let y1 = y1 + (y1 - y0) * 0.09 * figure.series.len() as f64;
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(36)
@@ -91,7 +105,7 @@ fn panel<DB: DrawingBackend>(
         .draw()
         .map_err(plot_error)?;
     for (i, series) in figure.series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = COLORS[i % COLORS.len()].to_rgba();
         chart
             .draw_series(LineSeries::new(
                 series.points.iter().map(|p| (x_of(p), p.2)),
