@@ -1,13 +1,12 @@
 //! Command-line interface: parse flags, load and validate the config, pick the device, run.
 
 use crate::backend::{self, Backend};
-use crate::config::Config;
-use crate::model::Generator;
+use crate::config::{Config, EVAL_IMAGES};
 use crate::train::{self, Ended, Start};
-use crate::{checkpoint, compare, eval, export, sample};
+use crate::{compare, eval, export, sample};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -302,28 +301,13 @@ fn install_interrupt_handler() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-/// The run's config and a fresh generator of its shape on `device`.
-fn run_generator(
-    run: &Path,
-    checkpoint: Option<usize>,
-    device: &burn::prelude::Device,
-) -> Result<(Config, Generator, usize)> {
-    let config = Config::load(&run.join("config.toml"), &[])
-        .with_context(|| format!("{} is not a wgan-train run folder", run.display()))?;
-    let (d, m) = (&config.data, &config.model);
-    let (generator, step) = checkpoint::load_generator(run, checkpoint, || {
-        Generator::new(d.image_size, d.channels, m.z_dim, m.g_width, device)
-    })?;
-    Ok((config, generator, step))
-}
-
 fn sample_command(args: SampleArgs) -> Result<ExitCode> {
     if args.n == 0 {
         bail!("--n 0: ask for at least one image");
     }
     backend::check_adapter(args.backend, args.device)?;
     let device = args.backend.device(args.device)?;
-    let (config, generator, step) = run_generator(&args.run, args.checkpoint, &device)?;
+    let (config, generator, step) = eval::run_generator(&args.run, args.checkpoint, &device)?;
     sample::write_samples(
         &generator,
         config.model.z_dim,
@@ -342,7 +326,7 @@ fn sample_command(args: SampleArgs) -> Result<ExitCode> {
 
 fn export_command(args: ExportArgs) -> Result<ExitCode> {
     let (config, generator, step) =
-        run_generator(&args.run, args.checkpoint, &burn::prelude::Device::flex())?;
+        eval::run_generator(&args.run, args.checkpoint, &burn::prelude::Device::flex())?;
     // Every critic step and the generator step each run G once in training mode.
     let batches = (step * (config.train.n_critic + 1)) as i64;
     export::export_generator(&generator, batches, &args.out)?;
@@ -398,8 +382,12 @@ fn eval_command(args: EvalArgs) -> Result<ExitCode> {
     let device = args.backend.device(args.device)?;
     let run = eval::load_run(&args.run, args.checkpoint, &device)?;
     let n = args.images.unwrap_or(run.config.output.eval_images);
-    if !(16..=16384).contains(&n) {
-        bail!("--images {n} is out of range: use 16 to 16384");
+    if !EVAL_IMAGES.contains(&n) {
+        bail!(
+            "--images {n} is out of range: use {} to {}",
+            EVAL_IMAGES.start(),
+            EVAL_IMAGES.end()
+        );
     }
     let (generated, floor, n) = eval::evaluate_run(&run, n, &device)?;
     println!(

@@ -290,6 +290,20 @@ impl Default for OutputConfig {
     }
 }
 
+impl DataConfig {
+    /// How images are cropped, resized and coloured for the networks.
+    pub fn preprocess(&self) -> crate::data::Preprocess {
+        crate::data::Preprocess {
+            size: self.image_size,
+            channels: self.channels,
+            crop: self.crop,
+        }
+    }
+}
+
+/// Allowed `output.eval_images` (and `eval --images`): images per SWD set.
+pub const EVAL_IMAGES: std::ops::RangeInclusive<usize> = 16..=16384;
+
 impl Config {
     /// Reads `path`, applies `overrides` (`"train.iterations=200"`), parses and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -352,10 +366,12 @@ impl Config {
         let o = &self.output;
         positive("output.log_every", o.log_every)?;
         positive("output.keep_checkpoints", o.keep_checkpoints)?;
-        if !(16..=16384).contains(&o.eval_images) {
+        if !EVAL_IMAGES.contains(&o.eval_images) {
             bail!(
-                "output.eval_images = {} is out of range: use 16 to 16384",
-                o.eval_images
+                "output.eval_images = {} is out of range: use {} to {}",
+                o.eval_images,
+                EVAL_IMAGES.start(),
+                EVAL_IMAGES.end()
             );
         }
         if let Some(m) = t.max_minutes

@@ -7,7 +7,7 @@
 use crate::checkpoint;
 use crate::config::Config;
 use crate::constraint::Constraint;
-use crate::data::{ImageSet, Preprocess};
+use crate::data::ImageSet;
 use crate::lipschitz::{self, Lipschitz};
 use crate::model::{Critic, Generator};
 use crate::sample::to_byte;
@@ -139,14 +139,27 @@ pub struct LoadedRun {
     pub step: usize,
 }
 
-/// Loads checkpoint `step` (the newest usable one when `None`) of the run in `run`.
-pub fn load_run(run: &Path, step: Option<usize>, device: &Device) -> Result<LoadedRun> {
+/// The run's config and the generator of checkpoint `step` (the newest usable one when
+/// `None`), with the checkpoint's iteration: what `sample` and `export` need.
+pub fn run_generator(
+    run: &Path,
+    step: Option<usize>,
+    device: &Device,
+) -> Result<(Config, Generator, usize)> {
     let config = Config::load(&run.join("config.toml"), &[])
         .with_context(|| format!("{} is not a wgan-train run folder", run.display()))?;
     let (d, m) = (&config.data, &config.model);
-    let (generator, step) = checkpoint::load_network(run, step, "generator", || {
+    let (generator, step) = checkpoint::load_generator(run, step, || {
         Generator::new(d.image_size, d.channels, m.z_dim, m.g_width, device)
     })?;
+    Ok((config, generator, step))
+}
+
+/// Loads checkpoint `step` (the newest usable one when `None`) of the run in `run`: its
+/// config, generator and critic.
+pub fn load_run(run: &Path, step: Option<usize>, device: &Device) -> Result<LoadedRun> {
+    let (config, generator, step) = run_generator(run, step, device)?;
+    let (d, m) = (&config.data, &config.model);
     let spectral = Constraint::from_config(&config.constraint).critic_spectral();
     let (critic, _) = checkpoint::load_network(run, Some(step), "critic", || {
         Critic::new(d.image_size, d.channels, m.d_width, spectral, device)
@@ -162,12 +175,7 @@ pub fn load_run(run: &Path, step: Option<usize>, device: &Device) -> Result<Load
 /// `n` images of the run's data folder (a random subset of a large folder).
 pub fn run_data(config: &Config, n: usize) -> Result<ImageSet> {
     let d = &config.data;
-    let prep = Preprocess {
-        size: d.image_size,
-        channels: d.channels,
-        crop: d.crop,
-    };
-    let (data, skipped) = ImageSet::load_some(&d.dir, prep, n, config.train.seed)?;
+    let (data, skipped) = ImageSet::load_some(&d.dir, d.preprocess(), n, config.train.seed)?;
     if let Some(warning) = skipped.warning(&d.dir) {
         eprintln!("{warning}");
     }

@@ -4,7 +4,7 @@
 use crate::checkpoint::{self, TrainState, write_atomic};
 use crate::config::{Config, OptimizerKind};
 use crate::constraint::{Constraint, PenaltyInputs};
-use crate::data::{BatchSampler, ImageSet, Preprocess};
+use crate::data::{BatchSampler, ImageSet};
 use crate::eval::{self, Evaluator};
 use crate::metrics::{self, MetricsLog, Record};
 use crate::model::{Critic, Generator};
@@ -560,12 +560,7 @@ pub fn clear_run_dir(run_dir: &Path) -> Result<()> {
 
 fn load_data(config: &Config) -> Result<ImageSet> {
     let d = &config.data;
-    let prep = Preprocess {
-        size: d.image_size,
-        channels: d.channels,
-        crop: d.crop,
-    };
-    let (data, skipped) = ImageSet::load(&d.dir, prep)?;
+    let (data, skipped) = ImageSet::load(&d.dir, d.preprocess())?;
     if let Some(warning) = skipped.warning(&d.dir) {
         eprintln!("{warning}");
     }
