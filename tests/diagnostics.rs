@@ -93,17 +93,11 @@ fn inspect_agrees_with_an_independent_svd_of_the_checkpoint() {
     let (tmp, config) = setup_kind("spectral_norm");
     succeed(binary().arg("--config").arg(&config));
     let run = tmp.path().join("run");
-    let out = binary()
-        .args(["inspect", "--run"])
-        .arg(&run)
-        .args(["--images", "8"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeed_stdout(
+        binary()
+            .args(["inspect", "--run"])
+            .arg(&run)
+            .args(["--images", "8"]),
     );
     let rows = parse_table(&stdout);
     assert_eq!(rows.len(), 4, "{stdout}");
@@ -137,17 +131,11 @@ fn inspect_agrees_with_an_independent_svd_of_the_checkpoint() {
 fn eval_reports_swd_per_level_with_the_real_data_floor() {
     let (tmp, config) = setup_kind("gradient_penalty");
     succeed(binary().arg("--config").arg(&config));
-    let out = binary()
-        .args(["eval", "--run"])
-        .arg(tmp.path().join("run"))
-        .args(["--images", "16"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeed_stdout(
+        binary()
+            .args(["eval", "--run"])
+            .arg(tmp.path().join("run"))
+            .args(["--images", "16"]),
     );
     let row = |name: &str| -> Vec<f64> {
         let line = stdout.lines().find(|l| l.starts_with(name)).unwrap();

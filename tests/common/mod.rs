@@ -79,6 +79,17 @@ pub fn succeed(cmd: &mut Command) -> String {
     stderr
 }
 
+/// Runs `cmd` and asserts that it succeeded (showing its stderr if not); returns its stdout.
+pub fn succeed_stdout(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// A temp dir holding `images` generated images and a tiny config over them (run folder
 /// `<tmp>/run`); keep the returned dir alive for the test's length.
 pub fn setup(images: usize) -> (tempfile::TempDir, PathBuf) {
