@@ -6,6 +6,7 @@ use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, tanh};
+use burn::tensor::ops::ConvTransposeOptions;
 
 /// One upsampling block: ConvTranspose 4x4/2/1, BatchNorm, ReLU.
 #[derive(Module, Debug)]
@@ -25,7 +26,7 @@ impl UpBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.norm.forward(self.conv.forward(x)))
+        relu(self.norm.forward(up_forward(&self.conv, x)))
     }
 }
 
@@ -84,7 +85,7 @@ impl Generator {
         for block in &self.blocks {
             h = block.forward(h); // [B, c/2, 2h, 2w]
         }
-        tanh(self.to_image.forward(h)) // [B, C, S, S]
+        tanh(up_forward(&self.to_image, h)) // [B, C, S, S]
     }
 }
 
@@ -93,4 +94,18 @@ fn up_conv(channels_in: usize, channels_out: usize, device: &Device) -> ConvTran
         .with_stride([2, 2])
         .with_padding([1, 1])
         .init(device)
+}
+
+/// `conv.forward(x)` through [`conv_transpose2d`](super::conv::conv_transpose2d) (batch-wide
+/// kernels on Flex, Burn's own elsewhere).
+fn up_forward(conv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
+    let options = ConvTransposeOptions::new(
+        conv.stride,
+        conv.padding,
+        conv.padding_out,
+        conv.dilation,
+        conv.groups,
+    );
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    super::conv::conv_transpose2d(x, conv.weight.val(), bias, options)
 }

@@ -1,0 +1,794 @@
+//! Convolutions of the critic and the generator on the CPU as batch-wide matrix products.
+//!
+//! Burn's Flex backend runs a convolution as one small matrix product per image (im2col tiles of
+//! at most 512 output positions), and its gradients through Burn's generic rewrites (the weight
+//! gradient as a convolution with a 16x16 "kernel", the input gradient as a transposed
+//! convolution, again per image). On this project's layers (4x4, stride 2, 64-512 channels,
+//! 4x4-32x32 outputs) the matrix products then have 16-256 columns and the kernel is streamed
+//! from memory once per image. Here the whole batch (in chunks of a few MiB) goes through one
+//! product per layer, `[out, in*kh*kw] x [in*kh*kw, B*oh*ow]`, and so do both gradients:
+//!
+//! - forward:         `y = W cols(x)`                 (im2col, gemm)
+//! - input gradient:  `dx = col2im(W^T dy)`            (gemm, col2im)
+//! - weight gradient: `dW = dy cols(x)^T`              (im2col, gemm, summed over the chunks)
+//!
+//! A transposed convolution is the input gradient of a convolution, so the same three kernels
+//! serve both, forward and backward. They reach Burn through a backend extension
+//! ([`GemmConv`]): implemented for Flex (the kernels here) and for `Autodiff<Flex>` (with a
+//! backward pass made of the same kernels, so the gradient penalty's second derivative runs
+//! through them too). [`conv2d`] and [`conv_transpose2d`] take this path on Flex with f32 and
+//! Burn's own ops everywhere else (ndarray, wgpu); both give the same values (tests below).
+//!
+//! Written by hand: no maintained crate offers batched convolutions with their gradients on
+//! host slices; the matrix products are the `gemm` crate's (the one Flex uses).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{AutodiffBackend, Dispatch, TensorMetadata, backend_extension};
+use burn::prelude::*;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
+
+/// Bytes of one im2col chunk: the batch is processed in chunks of whole images whose column
+/// matrix stays near this size (at least one image per chunk).
+const CHUNK_BYTES: usize = 16 << 20;
+
+/// The shape of one convolution `x [B, c_in, h, w] -> y [B, c_out, oh, ow]` with a square
+/// `k x k` kernel `[c_out, c_in, k, k]`, stride and zero padding (no dilation, no groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Geometry {
+    /// Rows of the column matrix, `c_in * k * k`.
+    fn rows(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    /// Output positions per image, `oh * ow`.
+    fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Images per im2col chunk.
+    fn chunk(&self) -> usize {
+        let per_image = self.rows() * self.positions() * 4;
+        (CHUNK_BYTES / per_image.max(1)).clamp(1, self.batch.max(1))
+    }
+
+    /// The input row read by output row `o` at kernel row `ki`, if inside the image.
+    #[inline]
+    fn source(&self, o: usize, ki: usize, size: usize) -> Option<usize> {
+        let i = (o * self.stride + ki) as isize - self.pad as isize;
+        (i >= 0 && (i as usize) < size).then_some(i as usize)
+    }
+
+    /// The output columns `lo..hi` (of `outputs`) whose input column `o * stride + kj - pad`
+    /// lies inside `0..size`.
+    #[inline]
+    fn inside(&self, kj: usize, size: usize, outputs: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = self.pad.saturating_sub(kj).div_ceil(s);
+        let hi = (size + self.pad).saturating_sub(kj).div_ceil(s);
+        (lo.min(outputs), hi.clamp(lo.min(outputs), outputs))
+    }
+}
+
+/// `cols [c_in*k*k, n*oh*ow]` (row-major) of images `b0..b0+n` of `x [B, c_in, h, w]`.
+fn im2col(g: &Geometry, x: &[f32], b0: usize, n: usize, cols: &mut [f32]) {
+    let p = g.positions();
+    let width = n * p;
+    cols.par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (c, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+            let (lo, hi) = g.inside(kj, g.w, g.ow);
+            for b in 0..n {
+                let plane = &x[((b0 + b) * g.c_in + c) * g.h * g.w..][..g.h * g.w];
+                for oh in 0..g.oh {
+                    let out = &mut dst[b * p + oh * g.ow..][..g.ow];
+                    let Some(ih) = g.source(oh, ki, g.h) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    let line = &plane[ih * g.w..][..g.w];
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    if lo < hi {
+                        let first = lo * g.stride + kj - g.pad;
+                        let src = line[first..].iter().step_by(g.stride);
+                        for (v, src) in out[lo..hi].iter_mut().zip(src) {
+                            *v = *src;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Adds `cols [c_in*k*k, n*oh*ow]` back onto images `b0..b0+n` of `dx [B, c_in, h, w]`
+/// (the adjoint of [`im2col`]); the chunk's planes are overwritten, not accumulated.
+fn col2im(g: &Geometry, cols: &[f32], b0: usize, n: usize, dx: &mut [f32]) {
+    let (p, hw, kk) = (g.positions(), g.h * g.w, g.k * g.k);
+    let width = n * p;
+    let planes = &mut dx[b0 * g.c_in * hw..(b0 + n) * g.c_in * hw];
+    planes
+        .par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(i, plane)| {
+            let (b, c) = (i / g.c_in, i % g.c_in);
+            plane.fill(0.0);
+            for ki in 0..g.k {
+                for kj in 0..g.k {
+                    let row = &cols[(c * kk + ki * g.k + kj) * width + b * p..][..p];
+                    let (lo, hi) = g.inside(kj, g.w, g.ow);
+                    if lo == hi {
+                        continue;
+                    }
+                    let first = lo * g.stride + kj - g.pad;
+                    for oh in 0..g.oh {
+                        let Some(ih) = g.source(oh, ki, g.h) else {
+                            continue;
+                        };
+                        let line = &mut plane[ih * g.w + first..];
+                        let src = &row[oh * g.ow + lo..oh * g.ow + hi];
+                        for (v, dst) in src.iter().zip(line.iter_mut().step_by(g.stride)) {
+                            *dst += v;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// A dense row-major or transposed view for [`matmul`]: `(data, row stride, column stride)`.
+type View<'a> = (&'a [f32], isize, isize);
+
+/// `dst [m, n] (row-major) = (accumulate ? dst : 0) + lhs [m, k] rhs [k, n]`.
+fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: View, rhs: View) {
+    assert!(dst.len() >= m * n);
+    let parallelism = if m * n * k >= 1 << 21 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every view covers its matrix (the callers' shapes), dst is m x n row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.0.as_ptr(),
+            lhs.2,
+            lhs.1,
+            rhs.0.as_ptr(),
+            rhs.2,
+            rhs.1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `[n, c, p]` images `b0..b0+n` of a `[B, c, p]` tensor as the matrix `[c, n*p]`.
+fn channels_first(t: &[f32], c: usize, p: usize, b0: usize, n: usize, out: &mut [f32]) {
+    out.par_chunks_mut(n * p).enumerate().for_each(|(ch, row)| {
+        for b in 0..n {
+            row[b * p..][..p].copy_from_slice(&t[((b0 + b) * c + ch) * p..][..p]);
+        }
+    });
+}
+
+/// The forward convolution: `x [B, c_in, h, w]`, `w [c_out, c_in, k, k]` -> `[B, c_out, oh, ow]`.
+pub fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
+    let mut y = vec![0.0; g.batch * g.c_out * p];
+    let mut cols = vec![0.0; rows * chunk * p];
+    let mut out = vec![0.0; g.c_out * chunk * p];
+    for b0 in (0..g.batch).step_by(chunk) {
+        let n = chunk.min(g.batch - b0);
+        let width = n * p;
+        im2col(g, x, b0, n, &mut cols[..rows * width]);
+        // out [c_out, n*p] = w [c_out, rows] cols [rows, n*p]
+        let (lhs, rhs) = ((w, rows as isize, 1), (&cols[..], width as isize, 1));
+        matmul(g.c_out, width, rows, &mut out, false, lhs, rhs);
+        let images = &mut y[b0 * g.c_out * p..(b0 + n) * g.c_out * p];
+        images.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
+            let (b, o) = (i / g.c_out, i % g.c_out);
+            dst.copy_from_slice(&out[o * width + b * p..][..p]);
+        });
+    }
+    y
+}
+
+/// The input gradient (the adjoint of [`forward`], a transposed convolution):
+/// `dy [B, c_out, oh, ow]`, `w [c_out, c_in, k, k]` -> `[B, c_in, h, w]`.
+pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
+    let mut dx = vec![0.0; g.batch * g.c_in * g.h * g.w];
+    let mut cols = vec![0.0; rows * chunk * p];
+    let mut grad = vec![0.0; g.c_out * chunk * p];
+    for b0 in (0..g.batch).step_by(chunk) {
+        let n = chunk.min(g.batch - b0);
+        let width = n * p;
+        channels_first(dy, g.c_out, p, b0, n, &mut grad[..g.c_out * width]);
+        // cols [rows, n*p] = w^T [rows, c_out] grad [c_out, n*p]
+        let (lhs, rhs) = ((w, 1, rows as isize), (&grad[..], width as isize, 1));
+        matmul(rows, width, g.c_out, &mut cols, false, lhs, rhs);
+        col2im(g, &cols[..rows * width], b0, n, &mut dx);
+    }
+    dx
+}
+
+/// The kernel gradient: `x [B, c_in, h, w]`, `dy [B, c_out, oh, ow]` -> `[c_out, c_in, k, k]`.
+pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
+    let mut dw = vec![0.0; g.c_out * rows];
+    let mut cols = vec![0.0; rows * chunk * p];
+    let mut grad = vec![0.0; g.c_out * chunk * p];
+    for (i, b0) in (0..g.batch).step_by(chunk).enumerate() {
+        let n = chunk.min(g.batch - b0);
+        let width = n * p;
+        im2col(g, x, b0, n, &mut cols[..rows * width]);
+        channels_first(dy, g.c_out, p, b0, n, &mut grad[..g.c_out * width]);
+        // dw [c_out, rows] += grad [c_out, n*p] cols^T [n*p, rows]
+        let (lhs, rhs) = (
+            (&grad[..], width as isize, 1),
+            (&cols[..], 1, width as isize),
+        );
+        matmul(g.c_out, rows, width, &mut dw, i > 0, lhs, rhs);
+    }
+    dw
+}
+
+/// The geometry of `x [B, c_in, h, w]` convolved with `w [c_out, c_in, k, k]`.
+fn conv_geometry(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize) -> Geometry {
+    let [batch, c_in, h, wd] = x;
+    let [c_out, _, k, _] = w;
+    Geometry {
+        batch,
+        c_in,
+        h,
+        w: wd,
+        c_out,
+        k,
+        stride,
+        pad,
+        oh: (h + 2 * pad - k) / stride + 1,
+        ow: (wd + 2 * pad - k) / stride + 1,
+    }
+}
+
+/// The geometry of the convolution whose adjoint maps `x [B, c, h, w]` with `w [c, c_out, k, k]`
+/// to `[B, c_out, (h-1)s - 2p + k + out_pad[0], (w-1)s - 2p + k + out_pad[1]]` (a transposed
+/// convolution).
+fn transpose_geometry(
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    pad: usize,
+    out_pad: [usize; 2],
+) -> Geometry {
+    let [batch, c, h, wd] = x;
+    let [_, c_out, k, _] = w;
+    let size = |i: usize, extra: usize| (i - 1) * stride + k + extra - 2 * pad;
+    Geometry {
+        batch,
+        c_in: c_out,
+        h: size(h, out_pad[0]),
+        w: size(wd, out_pad[1]),
+        c_out: c,
+        k,
+        stride,
+        pad,
+        oh: h,
+        ow: wd,
+    }
+}
+
+fn dims4<T: TensorMetadata>(t: &T) -> [usize; 4] {
+    let s = t.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// A contiguous f32 copy-free view of a Flex tensor (copied only when strided).
+fn host(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 Flex tensor")
+}
+
+fn flex(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// Convolutions as batch-wide matrix products; see the module documentation.
+#[backend_extension(Autodiff, Flex)]
+pub trait GemmConv: burn::backend::Backend {
+    /// `x [B, c_in, h, w]`, `weight [c_out, c_in, k, k]` -> `[B, c_out, oh, ow]` (no bias).
+    fn gemm_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `x [B, c_in, h, w]`, `weight [c_in, c_out, k, k]` ->
+    /// `[B, c_out, (h-1)s - 2p + k + out_pad[0], (w-1)s - 2p + k + out_pad[1]]` (no bias).
+    fn gemm_conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+        out_pad: [usize; 2],
+    ) -> FloatTensor<Self>;
+
+    /// The kernel gradient of [`gemm_conv2d`](Self::gemm_conv2d): `x [B, c_in, h, w]`,
+    /// `dy [B, c_out, oh, ow]` -> `[c_out, c_in, k, k]`. Not differentiable.
+    fn gemm_conv2d_weight(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> FloatTensor<Self>;
+}
+
+impl GemmConv for Flex {
+    fn gemm_conv2d(x: FlexTensor, weight: FlexTensor, stride: usize, pad: usize) -> FlexTensor {
+        let g = conv_geometry(dims4(&x), dims4(&weight), stride, pad);
+        let (x, weight) = (host(&x), host(&weight));
+        let y = forward(&g, slice(&x), slice(&weight));
+        flex(y, [g.batch, g.c_out, g.oh, g.ow])
+    }
+
+    fn gemm_conv_transpose2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride: usize,
+        pad: usize,
+        out_pad: [usize; 2],
+    ) -> FlexTensor {
+        let g = transpose_geometry(dims4(&x), dims4(&weight), stride, pad, out_pad);
+        let (x, weight) = (host(&x), host(&weight));
+        let y = backward_data(&g, slice(&x), slice(&weight));
+        flex(y, [g.batch, g.c_in, g.h, g.w])
+    }
+
+    fn gemm_conv2d_weight(
+        x: FlexTensor,
+        dy: FlexTensor,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> FlexTensor {
+        let [c_out, ..] = [dims4(&dy)[1]];
+        let [_, c_in, ..] = dims4(&x);
+        let g = conv_geometry(dims4(&x), [c_out, c_in, k, k], stride, pad);
+        let (x, dy) = (host(&x), host(&dy));
+        let dw = backward_weight(&g, slice(&x), slice(&dy));
+        flex(dw, [c_out, c_in, k, k])
+    }
+}
+
+/// Backward of [`GemmConv::gemm_conv2d`]: parents `[x, weight]`.
+#[derive(Debug)]
+struct ConvBackward;
+
+impl<B: GemmConv> Backward<B, 2> for ConvBackward {
+    /// `(x, weight, stride, pad)`.
+    type State = (NodeId, NodeId, usize, usize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node); // [B, c_out, oh, ow]
+        let (x_id, w_id, stride, pad) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+        let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_id);
+        let ([_, _, h, wd], [_, _, k, _]) = (dims4(&x), dims4(&w));
+        if let Some(node) = node_w {
+            let dw = B::gemm_conv2d_weight(x, grad.clone(), k, stride, pad);
+            grads.register::<B>(node.id, dw);
+        }
+        if let Some(node) = node_x {
+            let out_pad = [h, wd].map(|i| (i + 2 * pad - k) % stride);
+            let dx = B::gemm_conv_transpose2d(grad, w, stride, pad, out_pad);
+            grads.register::<B>(node.id, dx);
+        }
+    }
+}
+
+/// Backward of [`GemmConv::gemm_conv_transpose2d`]: parents `[x, weight]`.
+#[derive(Debug)]
+struct ConvTransposeBackward;
+
+impl<B: GemmConv> Backward<B, 2> for ConvTransposeBackward {
+    /// `(x, weight, stride, pad)`.
+    type State = (NodeId, NodeId, usize, usize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node); // [B, c_out, H, W]
+        let (x_id, w_id, stride, pad) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+        let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_id);
+        let k = dims4(&w)[2];
+        if let Some(node) = node_w {
+            // The transposed convolution is the adjoint of the convolution grad -> x.
+            let dw = B::gemm_conv2d_weight(grad.clone(), x, k, stride, pad);
+            grads.register::<B>(node.id, dw);
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::gemm_conv2d(grad, w, stride, pad));
+        }
+    }
+}
+
+impl<B: GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
+    fn gemm_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+    ) -> FloatTensor<Self> {
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, pad);
+                let y = B::gemm_conv2d(x.into_primitive(), weight.into_primitive(), stride, pad);
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::gemm_conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                stride,
+                pad,
+            )),
+        }
+    }
+
+    fn gemm_conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        pad: usize,
+        out_pad: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let run = |x, w| B::gemm_conv_transpose2d(x, w, stride, pad, out_pad);
+        match ConvTransposeBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, pad);
+                prep.finish(state, run(x.into_primitive(), weight.into_primitive()))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(run(x.into_primitive(), weight.into_primitive()))
+            }
+        }
+    }
+
+    fn gemm_conv2d_weight(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> FloatTensor<Self> {
+        let (x, dy) = (Self::inner(x), Self::inner(dy));
+        Self::from_inner(B::gemm_conv2d_weight(x, dy, k, stride, pad))
+    }
+}
+
+/// Whether the batch-wide kernels apply: f32 tensors on Flex, a square kernel, equal strides
+/// and paddings, no dilation, no groups.
+fn gemm_path(x: &Tensor<4>, weight: &Tensor<4>, stride: [usize; 2], pad: [usize; 2]) -> bool {
+    let [.., kh, kw] = weight.dims();
+    x.device().inner() == Device::flex()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && kh == kw
+        && stride[0] == stride[1]
+        && pad[0] == pad[1]
+}
+
+fn add_bias(y: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    match bias {
+        Some(b) => {
+            let c = b.dims()[0];
+            y + b.reshape([1, c, 1, 1])
+        }
+        None => y,
+    }
+}
+
+/// `burn::tensor::module::conv2d`, through the batch-wide kernels on Flex.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let pad = options.padding_begin();
+    let plain = options.dilation == [1, 1]
+        && options.groups == 1
+        && options.padding_end() == pad
+        && gemm_path(&x, &weight, options.stride, pad);
+    if !plain {
+        return burn::tensor::module::conv2d(x, weight, bias, options);
+    }
+    let y = Dispatch::gemm_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        options.stride[0],
+        pad[0],
+    );
+    add_bias(Tensor::from_dispatch(y), bias)
+}
+
+/// `burn::tensor::module::conv_transpose2d`, through the batch-wide kernels on Flex.
+pub fn conv_transpose2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvTransposeOptions<2>,
+) -> Tensor<4> {
+    let plain = options.dilation == [1, 1]
+        && options.groups == 1
+        && gemm_path(&x, &weight, options.stride, options.padding);
+    if !plain {
+        return burn::tensor::module::conv_transpose2d(x, weight, bias, options);
+    }
+    let y = Dispatch::gemm_conv_transpose2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        options.stride[0],
+        options.padding[0],
+        options.padding_out,
+    );
+    add_bias(Tensor::from_dispatch(y), bias)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The convolution by its definition, one output at a time (f64 sums).
+    fn direct(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0; g.batch * g.c_out * g.oh * g.ow];
+        for b in 0..g.batch {
+            for o in 0..g.c_out {
+                for oh in 0..g.oh {
+                    for ow in 0..g.ow {
+                        let mut sum = 0.0f64;
+                        for c in 0..g.c_in {
+                            for ki in 0..g.k {
+                                for kj in 0..g.k {
+                                    let (Some(ih), Some(iw)) =
+                                        (g.source(oh, ki, g.h), g.source(ow, kj, g.w))
+                                    else {
+                                        continue;
+                                    };
+                                    let xv = x[((b * g.c_in + c) * g.h + ih) * g.w + iw];
+                                    let wv = w[((o * g.c_in + c) * g.k + ki) * g.k + kj];
+                                    sum += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((b * g.c_out + o) * g.oh + oh) * g.ow + ow] = sum as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// (batch, c_in, h, w, c_out, k, stride, pad): the critic's and generator's 4x4/2/1 layers,
+    /// odd sizes, stride 1 and 3, padding 0 and 2, 1x1 kernels, and a batch of 20 images of
+    /// 1 MiB columns each, which the 16 MiB chunks split in two.
+    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 8] = [
+        (3, 3, 16, 16, 8, 4, 2, 1),
+        (2, 8, 8, 8, 16, 4, 2, 1),
+        (2, 5, 7, 9, 3, 3, 1, 1),
+        (3, 4, 11, 10, 6, 4, 2, 1),
+        (2, 3, 10, 10, 4, 3, 3, 2),
+        (2, 6, 5, 5, 7, 1, 1, 0),
+        (1, 2, 6, 6, 3, 5, 2, 0),
+        (20, 64, 32, 32, 4, 4, 2, 1),
+    ];
+
+    fn geometries() -> impl Iterator<Item = Geometry> {
+        CASES
+            .iter()
+            .map(|&(batch, c_in, h, w, c_out, k, stride, pad)| {
+                conv_geometry([batch, c_in, h, w], [c_out, c_in, k, k], stride, pad)
+            })
+    }
+
+    #[test]
+    fn forward_equals_the_definition() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for g in geometries() {
+            let x = random(g.batch * g.c_in * g.h * g.w, &mut rng);
+            let w = random(g.c_out * g.rows(), &mut rng);
+            let err = max_abs_diff(&forward(&g, &x, &w), &direct(&g, &x, &w));
+            assert!(err < 1e-4, "{g:?}: {err}");
+        }
+        assert!(
+            geometries().last().unwrap().chunk() < 20,
+            "the last case spans two chunks"
+        );
+    }
+
+    /// `backward_data` is the adjoint of `forward` in x, `backward_weight` its adjoint in w:
+    /// <dy, conv(x, w)> = <backward_data(dy, w), x> = <backward_weight(x, dy), w>.
+    #[test]
+    fn gradients_are_the_adjoints_of_the_forward_convolution() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for g in geometries() {
+            let x = random(g.batch * g.c_in * g.h * g.w, &mut rng);
+            let w = random(g.c_out * g.rows(), &mut rng);
+            let dy = random(g.batch * g.c_out * g.positions(), &mut rng);
+            let reference = dot(&dy, &direct(&g, &x, &w));
+            let through_x = dot(&backward_data(&g, &dy, &w), &x);
+            let through_w = dot(&backward_weight(&g, &x, &dy), &w);
+            let tol = 1e-5 * (x.len() as f64).sqrt() * (w.len() as f64).sqrt();
+            assert!(
+                (through_x - reference).abs() < tol,
+                "{g:?}: {through_x} vs {reference}"
+            );
+            assert!(
+                (through_w - reference).abs() < tol,
+                "{g:?}: {through_w} vs {reference}"
+            );
+        }
+    }
+
+    fn close(a: &Tensor<4>, b: &Tensor<4>, what: &str) {
+        let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
+        let err = (a.clone() - b.clone()).abs().max().into_scalar::<f32>();
+        assert!(err < 1e-5 * scale, "{what}: {err} (scale {scale})");
+    }
+
+    fn close1(a: Tensor<1>, b: Tensor<1>, what: &str) {
+        close(&a.reshape([1, 1, 1, -1]), &b.reshape([1, 1, 1, -1]), what);
+    }
+
+    /// On Flex with autodiff, [`conv2d`] and [`conv_transpose2d`] give Burn's own values and
+    /// gradients (input, kernel, bias), at first order and through an input gradient
+    /// differentiated again (the gradient penalty's pattern).
+    #[test]
+    fn burn_ops_on_flex_match_burn_own_convolutions() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let normal = Distribution::Normal(0.0, 1.0);
+        for g in geometries().take(7) {
+            let x = Tensor::<4>::random([g.batch, g.c_in, g.h, g.w], normal, &device);
+            let w = Tensor::<4>::random([g.c_out, g.c_in, g.k, g.k], normal, &device);
+            let b = Tensor::<1>::random([g.c_out], normal, &device);
+            let dy = Tensor::<4>::random([g.batch, g.c_out, g.oh, g.ow], normal, &device);
+            let options = ConvOptions::new([g.stride; 2], [g.pad; 2], [1, 1], 1);
+            let out_pad = [g.h, g.w].map(|i| (i + 2 * g.pad - g.k) % g.stride);
+            let t_options =
+                ConvTransposeOptions::new([g.stride; 2], [g.pad; 2], out_pad, [1, 1], 1);
+            let tb = Tensor::<1>::random([g.c_in], normal, &device);
+            assert!(
+                gemm_path(&x, &w, options.stride, [g.pad; 2]),
+                "takes the gemm path"
+            );
+            let run = |ours: bool| {
+                let (x, w, b, dy, tb) = (
+                    x.clone().require_grad(),
+                    w.clone().require_grad(),
+                    b.clone().require_grad(),
+                    dy.clone().require_grad(),
+                    tb.clone().require_grad(),
+                );
+                let (y, t) = if ours {
+                    let y = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
+                    let t = conv_transpose2d(
+                        dy.clone(),
+                        w.clone(),
+                        Some(tb.clone()),
+                        t_options.clone(),
+                    );
+                    (y, t)
+                } else {
+                    let y = burn::tensor::module::conv2d(
+                        x.clone(),
+                        w.clone(),
+                        Some(b.clone()),
+                        options.clone(),
+                    );
+                    let t = burn::tensor::module::conv_transpose2d(
+                        dy.clone(),
+                        w.clone(),
+                        Some(tb.clone()),
+                        t_options.clone(),
+                    );
+                    (y, t)
+                };
+                // A loss reaching every input, with t's shape equal to x's.
+                let loss = (y.clone() * y.clone()).sum() + (t.clone() * x.clone().sin()).sum();
+                let grads = loss.backward();
+                (
+                    y,
+                    t,
+                    x.grad(&grads).unwrap(),
+                    w.grad(&grads).unwrap(),
+                    b.grad(&grads).unwrap(),
+                    dy.grad(&grads).unwrap(),
+                    tb.grad(&grads).unwrap(),
+                )
+            };
+            let (ours, burn) = (run(true), run(false));
+            close(&ours.0, &burn.0, &format!("{g:?} conv2d"));
+            close(&ours.1, &burn.1, &format!("{g:?} conv_transpose2d"));
+            close(&ours.2, &burn.2, &format!("{g:?} d/dx"));
+            close(&ours.3, &burn.3, &format!("{g:?} d/dw"));
+            close1(ours.4, burn.4, &format!("{g:?} d/db"));
+            close(&ours.5, &burn.5, &format!("{g:?} d/ddy"));
+            close1(ours.6, burn.6, &format!("{g:?} d/dbias_t"));
+        }
+    }
+}
