@@ -1,5 +1,6 @@
 //! The networks: the DCGAN [`Generator`], the [`Critic`] and its [`SpectralNorm`] layers.
 
+pub mod activation;
 pub mod conv;
 pub mod critic;
 pub mod generator;
