@@ -153,8 +153,13 @@ fn im2col(g: &Geometry, x: &[f32], b0: usize, n: usize, cols: &mut [f32]) {
             let (lo, hi) = valid(dj, wq, g.ow);
             for b in 0..n {
                 let plane = &phases[(b * g.c_in + c) * size + phase * hq * wq..][..hq * wq];
+                let out = &mut dst[b * p..][..p];
+                if wq == g.ow {
+                    copy_shifted(g, plane, out, (di, dj), (lo, hi));
+                    continue;
+                }
                 for oh in 0..g.oh {
-                    let out = &mut dst[b * p + oh * g.ow..][..g.ow];
+                    let out = &mut out[oh * g.ow..][..g.ow];
                     let i = oh as isize + di;
                     if i < 0 || i >= hq as isize || lo == hi {
                         out.fill(0.0);
@@ -168,6 +173,42 @@ fn im2col(g: &Geometry, x: &[f32], b0: usize, n: usize, cols: &mut [f32]) {
                 }
             }
         });
+}
+
+/// One image's im2col row when phase rows are as wide as output rows (`wq == ow`, the usual
+/// `h = stride * oh`): `out[oh, x] = plane[oh + di, x + dj]` is then one flat copy shifted by
+/// `di * ow + dj`, after which the columns outside `lo..hi` (read from a neighbouring row)
+/// and the rows outside the plane are zeroed.
+fn copy_shifted(
+    g: &Geometry,
+    plane: &[f32],
+    out: &mut [f32],
+    (di, dj): (isize, isize),
+    (lo, hi): (usize, usize),
+) {
+    let ow = g.ow;
+    let (r0, r1) = valid(di, plane.len() / ow, g.oh);
+    out[..r0 * ow].fill(0.0);
+    out[r1 * ow..].fill(0.0);
+    if r0 == r1 {
+        return;
+    }
+    let shift = di * ow as isize + dj;
+    // Destination range whose source index lies inside the plane.
+    let start = (r0 * ow).max((-shift).max(0) as usize);
+    let end = (r1 * ow).min((plane.len() as isize - shift) as usize);
+    if start < end {
+        let from = (start as isize + shift) as usize;
+        out[start..end].copy_from_slice(&plane[from..from + end - start]);
+    }
+    out[r0 * ow..start].fill(0.0);
+    out[end.max(r0 * ow)..r1 * ow].fill(0.0);
+    if lo > 0 || hi < ow {
+        for line in out[r0 * ow..r1 * ow].chunks_exact_mut(ow) {
+            line[..lo].fill(0.0);
+            line[hi..].fill(0.0);
+        }
+    }
 }
 
 /// Adds `cols [c_in*k*k, n*oh*ow]` back onto images `b0..b0+n` of `dx [B, c_in, h, w]`
@@ -192,6 +233,17 @@ fn col2im(g: &Geometry, cols: &[f32], b0: usize, n: usize, dx: &mut [f32]) {
                     }
                     let first = (lo as isize + dj) as usize;
                     let dst = &mut phases[phase * hq * wq..][..hq * wq];
+                    if dj == 0 && wq == g.ow {
+                        // Whole rows: one flat run of adds.
+                        let (r0, r1) = valid(di, hq, g.oh);
+                        let at = ((r0 as isize + di) as usize) * wq;
+                        let len = (r1 - r0) * wq;
+                        let src = &row[r0 * g.ow..][..len];
+                        for (d, v) in dst[at..at + len].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                        continue;
+                    }
                     for oh in 0..g.oh {
                         let r = oh as isize + di;
                         if r < 0 || r >= hq as isize {
