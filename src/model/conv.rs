@@ -138,44 +138,41 @@ impl Geometry {
 }
 
 /// `cols [c_in*k*k, n*oh*ow]` (row-major) of images `b0..b0+n` of `x [B, c_in, h, w]`.
-fn im2col(g: &Geometry, x: &[f32], b0: usize, n: usize, cols: &mut [f32]) {
+fn im2col(g: &Geometry, x: &[f32], b0: usize, n: usize, cols: &mut [f32], inside: bool) {
     let (p, hw, (hq, wq)) = (g.positions(), g.h * g.w, g.phase_size());
     let size = g.stride * g.stride * hq * wq;
     let mut phases = vec![0.0; n * g.c_in * size]; // [n, c_in, s*s, hq, wq]
     let planes = &x[b0 * g.c_in * hw..(b0 + n) * g.c_in * hw];
-    phases
-        .par_chunks_mut(size)
-        .zip(planes.par_chunks(hw))
-        .for_each(|(dst, plane)| g.split_phases(plane, dst));
+    each_chunk(&mut phases, size, inside, |i, dst| {
+        g.split_phases(&planes[i * hw..][..hw], dst)
+    });
     let width = n * p;
-    cols.par_chunks_mut(width)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let (c, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
-            let (phase, di, dj) = g.tap(ki, kj);
-            let (lo, hi) = valid(dj, wq, g.ow);
-            for b in 0..n {
-                let plane = &phases[(b * g.c_in + c) * size + phase * hq * wq..][..hq * wq];
-                let out = &mut dst[b * p..][..p];
-                if wq == g.ow {
-                    copy_shifted(g, plane, out, (di, dj), (lo, hi));
+    each_chunk(cols, width, inside, |row, dst| {
+        let (c, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+        let (phase, di, dj) = g.tap(ki, kj);
+        let (lo, hi) = valid(dj, wq, g.ow);
+        for b in 0..n {
+            let plane = &phases[(b * g.c_in + c) * size + phase * hq * wq..][..hq * wq];
+            let out = &mut dst[b * p..][..p];
+            if wq == g.ow {
+                copy_shifted(g, plane, out, (di, dj), (lo, hi));
+                continue;
+            }
+            for oh in 0..g.oh {
+                let out = &mut out[oh * g.ow..][..g.ow];
+                let i = oh as isize + di;
+                if i < 0 || i >= hq as isize || lo == hi {
+                    out.fill(0.0);
                     continue;
                 }
-                for oh in 0..g.oh {
-                    let out = &mut out[oh * g.ow..][..g.ow];
-                    let i = oh as isize + di;
-                    if i < 0 || i >= hq as isize || lo == hi {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let line = &plane[i as usize * wq..][..wq];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    let first = (lo as isize + dj) as usize;
-                    out[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
-                }
+                let line = &plane[i as usize * wq..][..wq];
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+                let first = (lo as isize + dj) as usize;
+                out[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
             }
-        });
+        }
+    });
 }
 
 /// One image's im2col row when phase rows are as wide as output rows (`wq == ow`, the usual
@@ -215,72 +212,84 @@ fn copy_shifted(
 }
 
 /// Adds `cols [c_in*k*k, n*oh*ow]` back onto images `b0..b0+n` of `dx [B, c_in, h, w]`
-/// (the adjoint of [`im2col`]); the chunk's planes are overwritten, not accumulated.
-fn col2im(g: &Geometry, cols: &[f32], b0: usize, n: usize, dx: &mut [f32]) {
+/// (the adjoint of [`im2col`]): `planes` are those images' `[n, c_in, h, w]`, overwritten.
+fn col2im(g: &Geometry, cols: &[f32], n: usize, planes: &mut [f32], inside: bool) {
     let (p, hw, kk, (hq, wq)) = (g.positions(), g.h * g.w, g.k * g.k, g.phase_size());
     let width = n * p;
-    let planes = &mut dx[b0 * g.c_in * hw..(b0 + n) * g.c_in * hw];
-    planes
-        .par_chunks_mut(hw)
-        .enumerate()
-        .for_each(|(i, plane)| {
-            let (b, c) = (i / g.c_in, i % g.c_in);
-            let mut phases = vec![0.0f32; g.stride * g.stride * hq * wq];
-            for ki in 0..g.k {
-                for kj in 0..g.k {
-                    let row = &cols[(c * kk + ki * g.k + kj) * width + b * p..][..p];
-                    let (phase, di, dj) = g.tap(ki, kj);
-                    let (lo, hi) = valid(dj, wq, g.ow);
-                    if lo == hi {
+    each_chunk(planes, hw, inside, |i, plane| {
+        let (b, c) = (i / g.c_in, i % g.c_in);
+        let mut phases = vec![0.0f32; g.stride * g.stride * hq * wq];
+        for ki in 0..g.k {
+            for kj in 0..g.k {
+                let row = &cols[(c * kk + ki * g.k + kj) * width + b * p..][..p];
+                let (phase, di, dj) = g.tap(ki, kj);
+                let (lo, hi) = valid(dj, wq, g.ow);
+                if lo == hi {
+                    continue;
+                }
+                let first = (lo as isize + dj) as usize;
+                let dst = &mut phases[phase * hq * wq..][..hq * wq];
+                if dj == 0 && wq == g.ow {
+                    // Whole rows: one flat run of adds.
+                    let (r0, r1) = valid(di, hq, g.oh);
+                    let at = ((r0 as isize + di) as usize) * wq;
+                    let len = (r1 - r0) * wq;
+                    let src = &row[r0 * g.ow..][..len];
+                    for (d, v) in dst[at..at + len].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                    continue;
+                }
+                for oh in 0..g.oh {
+                    let r = oh as isize + di;
+                    if r < 0 || r >= hq as isize {
                         continue;
                     }
-                    let first = (lo as isize + dj) as usize;
-                    let dst = &mut phases[phase * hq * wq..][..hq * wq];
-                    if dj == 0 && wq == g.ow {
-                        // Whole rows: one flat run of adds.
-                        let (r0, r1) = valid(di, hq, g.oh);
-                        let at = ((r0 as isize + di) as usize) * wq;
-                        let len = (r1 - r0) * wq;
-                        let src = &row[r0 * g.ow..][..len];
-                        for (d, v) in dst[at..at + len].iter_mut().zip(src) {
-                            *d += v;
-                        }
-                        continue;
-                    }
-                    for oh in 0..g.oh {
-                        let r = oh as isize + di;
-                        if r < 0 || r >= hq as isize {
-                            continue;
-                        }
-                        let line = &mut dst[r as usize * wq + first..][..hi - lo];
-                        let src = &row[oh * g.ow + lo..oh * g.ow + hi];
-                        for (d, v) in line.iter_mut().zip(src) {
-                            *d += v;
-                        }
+                    let line = &mut dst[r as usize * wq + first..][..hi - lo];
+                    let src = &row[oh * g.ow + lo..oh * g.ow + hi];
+                    for (d, v) in line.iter_mut().zip(src) {
+                        *d += v;
                     }
                 }
             }
-            g.merge_phases(&phases, plane);
-        });
+        }
+        g.merge_phases(&phases, plane);
+    });
+}
+
+/// `f(i, chunk)` for the `size`-element chunks of `data`, in parallel when `inside`.
+fn each_chunk(data: &mut [f32], size: usize, inside: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if inside {
+        data.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    }
 }
 
 /// A dense row-major or transposed view for [`matmul`]: `(data, row stride, column stride)`.
 type View<'a> = (&'a [f32], isize, isize);
 
-/// `dst [m, n] (row-major) = (accumulate ? dst : 0) + lhs [m, k] rhs [k, n]`, on all threads
-/// for a product of at least 2^21 multiply-adds.
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: View, rhs: View) {
-    let parallelism = if m * n * k >= 1 << 21 {
+/// `dst [m, n] (row-major) = (accumulate ? dst : 0) + lhs [m, k] rhs [k, n]`; on all threads
+/// when `inside` and the product has at least 2^21 multiply-adds.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    inside: bool,
+) {
+    let parallelism = if inside && m * n * k >= 1 << 21 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
     gemm_f32(m, n, k, dst, accumulate, lhs, rhs, parallelism);
-}
-
-/// `dst [m, n] = lhs [m, k] rhs [k, n]` on the calling thread.
-fn matmul_serial(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: View, rhs: View) {
-    gemm_f32(m, n, k, dst, false, lhs, rhs, gemm::Parallelism::None);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -327,33 +336,83 @@ fn gemm_f32(
 }
 
 /// `[n, c, p]` images `b0..b0+n` of a `[B, c, p]` tensor as the matrix `[c, n*p]`.
-fn channels_first(t: &[f32], c: usize, p: usize, b0: usize, n: usize, out: &mut [f32]) {
-    out.par_chunks_mut(n * p).enumerate().for_each(|(ch, row)| {
+fn channels_first(
+    t: &[f32],
+    c: usize,
+    p: usize,
+    b0: usize,
+    n: usize,
+    out: &mut [f32],
+    inside: bool,
+) {
+    each_chunk(out, n * p, inside, |ch, row| {
         for b in 0..n {
             row[b * p..][..p].copy_from_slice(&t[((b0 + b) * c + ch) * p..][..p]);
         }
     });
 }
 
+/// How the chunks of a batch run: with at least two chunks per thread, each chunk runs on
+/// one thread from im2col to the product (no synchronization inside, its column matrix in
+/// that core's cache); otherwise one after the other, each step parallel inside (`inside`).
+fn inside_parallel(g: &Geometry) -> bool {
+    let threads = rayon::current_num_threads();
+    threads > 1 && g.batch.div_ceil(g.chunk()) < 2 * threads
+}
+
+/// A thread's column and gradient matrices for one chunk.
+struct Scratch {
+    cols: Vec<f32>,
+    mat: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(g: &Geometry) -> Self {
+        let width = g.chunk() * g.positions();
+        Self {
+            cols: vec![0.0; g.rows() * width],
+            mat: vec![0.0; g.c_out * width],
+        }
+    }
+}
+
+/// Runs `f(chunk index, chunk of out, scratch, inside)` over the `per_chunk`-element chunks of
+/// `out`, per [`inside_parallel`].
+fn run_chunks(
+    g: &Geometry,
+    out: &mut [f32],
+    per_chunk: usize,
+    f: impl Fn(usize, &mut [f32], &mut Scratch, bool) + Sync,
+) {
+    if inside_parallel(g) {
+        let mut scratch = Scratch::new(g);
+        for (i, c) in out.chunks_mut(per_chunk).enumerate() {
+            f(i, c, &mut scratch, true);
+        }
+    } else {
+        out.par_chunks_mut(per_chunk)
+            .enumerate()
+            .for_each_init(|| Scratch::new(g), |s, (i, c)| f(i, c, s, false));
+    }
+}
+
 /// The forward convolution: `x [B, c_in, h, w]`, `w [c_out, c_in, k, k]` -> `[B, c_out, oh, ow]`.
 pub fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     let mut y = vec![0.0; g.batch * g.c_out * p];
-    let mut cols = vec![0.0; rows * chunk * p];
-    let mut out = vec![0.0; g.c_out * chunk * p];
-    for b0 in (0..g.batch).step_by(chunk) {
-        let n = chunk.min(g.batch - b0);
+    run_chunks(g, &mut y, chunk * g.c_out * p, |i, images, s, inside| {
+        let n = images.len() / (g.c_out * p);
         let width = n * p;
-        im2col(g, x, b0, n, &mut cols[..rows * width]);
+        im2col(g, x, i * chunk, n, &mut s.cols[..rows * width], inside);
         // out [c_out, n*p] = w [c_out, rows] cols [rows, n*p]
-        let (lhs, rhs) = ((w, rows as isize, 1), (&cols[..], width as isize, 1));
-        matmul(g.c_out, width, rows, &mut out, false, lhs, rhs);
-        let images = &mut y[b0 * g.c_out * p..(b0 + n) * g.c_out * p];
-        images.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
+        let (lhs, rhs) = ((w, rows as isize, 1), (&s.cols[..], width as isize, 1));
+        matmul(g.c_out, width, rows, &mut s.mat, false, lhs, rhs, inside);
+        let out = &s.mat;
+        each_chunk(images, p, inside, |i, dst| {
             let (b, o) = (i / g.c_out, i % g.c_out);
             dst.copy_from_slice(&out[o * width + b * p..][..p]);
         });
-    }
+    });
     y
 }
 
@@ -361,40 +420,68 @@ pub fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// `dy [B, c_out, oh, ow]`, `w [c_out, c_in, k, k]` -> `[B, c_in, h, w]`.
 pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
-    let mut dx = vec![0.0; g.batch * g.c_in * g.h * g.w];
-    let mut cols = vec![0.0; rows * chunk * p];
-    let mut grad = vec![0.0; g.c_out * chunk * p];
-    for b0 in (0..g.batch).step_by(chunk) {
-        let n = chunk.min(g.batch - b0);
+    let hw = g.h * g.w;
+    let mut dx = vec![0.0; g.batch * g.c_in * hw];
+    run_chunks(g, &mut dx, chunk * g.c_in * hw, |i, planes, s, inside| {
+        let n = planes.len() / (g.c_in * hw);
         let width = n * p;
-        channels_first(dy, g.c_out, p, b0, n, &mut grad[..g.c_out * width]);
+        let grad = &mut s.mat[..g.c_out * width];
+        channels_first(dy, g.c_out, p, i * chunk, n, grad, inside);
         // cols [rows, n*p] = w^T [rows, c_out] grad [c_out, n*p]
-        let (lhs, rhs) = ((w, 1, rows as isize), (&grad[..], width as isize, 1));
-        matmul(rows, width, g.c_out, &mut cols, false, lhs, rhs);
-        col2im(g, &cols[..rows * width], b0, n, &mut dx);
-    }
+        let (lhs, rhs) = ((w, 1, rows as isize), (&s.mat[..], width as isize, 1));
+        matmul(rows, width, g.c_out, &mut s.cols, false, lhs, rhs, inside);
+        col2im(g, &s.cols[..rows * width], n, planes, inside);
+    });
     dx
 }
 
 /// The kernel gradient: `x [B, c_in, h, w]`, `dy [B, c_out, oh, ow]` -> `[c_out, c_in, k, k]`.
 pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
-    let mut dw_t = vec![0.0; rows * g.c_out]; // [rows, c_out]
-    let mut cols = vec![0.0; rows * chunk * p];
-    let mut grad = vec![0.0; g.c_out * chunk * p];
-    for (i, b0) in (0..g.batch).step_by(chunk).enumerate() {
+    // dw^T [rows, c_out] += cols [rows, n*p] grad^T [n*p, c_out] for chunk b0..b0+n: 1.3-2.3x
+    // faster with the gemm crate than dw = grad cols^T (both operands then run along the long
+    // dimension).
+    let add_chunk = |b0: usize, dw_t: &mut [f32], s: &mut Scratch, first: bool, inside: bool| {
         let n = chunk.min(g.batch - b0);
         let width = n * p;
-        im2col(g, x, b0, n, &mut cols[..rows * width]);
-        channels_first(dy, g.c_out, p, b0, n, &mut grad[..g.c_out * width]);
-        // dw^T [rows, c_out] += cols [rows, n*p] grad^T [n*p, c_out]: 1.3-2.3x faster with the
-        // gemm crate than dw = grad cols^T (both operands then run along the long dimension).
+        im2col(g, x, b0, n, &mut s.cols[..rows * width], inside);
+        channels_first(dy, g.c_out, p, b0, n, &mut s.mat[..g.c_out * width], inside);
         let (lhs, rhs) = (
-            (&cols[..], width as isize, 1),
-            (&grad[..], 1, width as isize),
+            (&s.cols[..], width as isize, 1),
+            (&s.mat[..], 1, width as isize),
         );
-        matmul_long(rows, g.c_out, width, &mut dw_t, i > 0, lhs, rhs);
-    }
+        if inside {
+            matmul_long(rows, g.c_out, width, dw_t, !first, lhs, rhs);
+        } else {
+            matmul(rows, g.c_out, width, dw_t, !first, lhs, rhs, false);
+        }
+    };
+    let starts: Vec<usize> = (0..g.batch).step_by(chunk).collect();
+    let dw_t = if inside_parallel(g) {
+        let mut dw_t = vec![0.0; rows * g.c_out];
+        let mut s = Scratch::new(g);
+        for (i, &b0) in starts.iter().enumerate() {
+            add_chunk(b0, &mut dw_t, &mut s, i == 0, true);
+        }
+        dw_t
+    } else {
+        // Each thread sums its chunks into its own dw^T; then the partial sums are added.
+        starts
+            .par_iter()
+            .fold(
+                || (Scratch::new(g), vec![0.0; rows * g.c_out], true),
+                |(mut s, mut dw_t, first), &b0| {
+                    add_chunk(b0, &mut dw_t, &mut s, first, false);
+                    (s, dw_t, false)
+                },
+            )
+            .map(|(_, dw_t, _)| dw_t)
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+            .unwrap_or_else(|| vec![0.0; rows * g.c_out])
+    };
     let mut dw = vec![0.0; g.c_out * rows];
     dw.par_chunks_mut(rows).enumerate().for_each(|(o, line)| {
         for (r, v) in line.iter_mut().enumerate() {
@@ -418,7 +505,7 @@ fn matmul_long(
 ) {
     let threads = rayon::current_num_threads();
     if m * n >= 1 << 16 || threads == 1 || k < 2 * threads {
-        return matmul(m, n, k, dst, accumulate, lhs, rhs);
+        return matmul(m, n, k, dst, accumulate, lhs, rhs, true);
     }
     let step = k.div_ceil(threads);
     let partial: Vec<Vec<f32>> = (0..k)
@@ -428,10 +515,9 @@ fn matmul_long(
         .map(|k0| {
             let len = step.min(k - k0);
             let mut out = vec![0.0; m * n];
-            let at = |v: View<'_>| -> usize { k0 * v.2 as usize };
-            let l = (&lhs.0[at(lhs)..], lhs.1, lhs.2);
+            let l = (&lhs.0[k0 * lhs.2 as usize..], lhs.1, lhs.2);
             let r = (&rhs.0[k0 * rhs.1 as usize..], rhs.1, rhs.2);
-            matmul_serial(m, n, len, &mut out, l, r);
+            matmul(m, n, len, &mut out, false, l, r, false);
             out
         })
         .collect();
