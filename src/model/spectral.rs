@@ -124,16 +124,11 @@ pub fn as_matrix<const D: usize>(kernel: Tensor<D>) -> Tensor<2> {
 /// `steps` x { v = normalize(W^T u); u = normalize(W v) }, on detached values.
 pub fn power_iteration(matrix: &Tensor<2>, u: Tensor<1>, steps: usize) -> (Tensor<1>, Tensor<1>) {
     let [rows, cols] = matrix.dims();
-    let transposed = matrix.clone().transpose(); // [cols, rows]
     let mut u = u.detach();
     let mut v = Tensor::zeros([cols], &matrix.device());
     for _ in 0..steps.max(1) {
-        v = normalize(
-            transposed
-                .clone()
-                .matmul(u.reshape([rows, 1]))
-                .reshape([cols]),
-        );
+        // W^T u as the row vector u^T W: a transposed W would be copied on every call.
+        v = normalize(u.reshape([1, rows]).matmul(matrix.clone()).reshape([cols]));
         u = normalize(
             matrix
                 .clone()
