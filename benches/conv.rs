@@ -29,12 +29,17 @@ fn time(mut f: impl FnMut()) -> f64 {
     )
 }
 
+fn row(layer: &str, burn: f64, ours: f64, flop: f64) {
+    let (ratio, gflops) = (burn / ours, flop / ours / 1e9);
+    println!("{layer:<36} {burn:6.4}  {ours:6.4}  {ratio:9.2}  {gflops:12.1}");
+}
+
 fn main() {
     let device = Device::flex().autodiff();
     let normal = Distribution::Normal(0.0, 1.0);
     let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
     let t_options = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
-    println!("layer                         burn s  ours s  burn/ours  GFLOP/s ours");
+    println!("{:<36} burn s  ours s  burn/ours  ours GFLOP/s", "layer (forward + backward)");
     // Critic layers of a 64x64x3 critic of width 64 at batch 128 ([real; fake]), then the
     // generator's transposed convolutions at batch 64.
     let critic = [(3, 64, 64), (64, 128, 32), (128, 256, 16), (256, 512, 8)];
@@ -52,11 +57,8 @@ fn main() {
         };
         let flop = 3.0 * 2.0 * 128.0 * (c_out * c_in * 16 * size * size / 4) as f64;
         let (burn, ours) = (time(|| step(false)), time(|| step(true)));
-        println!(
-            "conv {c_in:>3}->{c_out:<3} {size:>2}x{size:<2} b128        {burn:7.4} {ours:7.4}  {:9.2}  {:8.1}",
-            burn / ours,
-            flop / ours / 1e9
-        );
+        let layer = format!("conv {c_in}->{c_out} {size}x{size} batch 128");
+        row(&layer, burn, ours, flop);
     }
     let generator = [(512, 256, 4), (256, 128, 8), (128, 64, 16), (64, 3, 32)];
     for (c_in, c_out, size) in generator {
@@ -78,10 +80,7 @@ fn main() {
         };
         let flop = 3.0 * 2.0 * 64.0 * (c_out * c_in * 16 * size * size) as f64;
         let (burn, ours) = (time(|| step(false)), time(|| step(true)));
-        println!(
-            "conv_transpose {c_in:>3}->{c_out:<3} {size:>2}x{size:<2} b64 {burn:7.4} {ours:7.4}  {:9.2}  {:8.1}",
-            burn / ours,
-            flop / ours / 1e9
-        );
+        let layer = format!("conv_transpose {c_in}->{c_out} {size}x{size} batch 64");
+        row(&layer, burn, ours, flop);
     }
 }
