@@ -39,7 +39,10 @@ fn main() {
     let normal = Distribution::Normal(0.0, 1.0);
     let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
     let t_options = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
-    println!("{:<36} burn s  ours s  burn/ours  ours GFLOP/s", "layer (forward + backward)");
+    println!(
+        "{:<36} burn s  ours s  burn/ours  ours GFLOP/s",
+        "layer (forward + backward)"
+    );
     // Critic layers of a 64x64x3 critic of width 64 at batch 128 ([real; fake]), then the
     // generator's transposed convolutions at batch 64.
     let critic = [(3, 64, 64), (64, 128, 32), (128, 256, 16), (256, 512, 8)];
