@@ -26,7 +26,7 @@ impl UpBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.norm.forward(up_forward(&self.conv, x)))
+        relu(super::norm::forward(&self.norm, up_forward(&self.conv, x)))
     }
 }
 
@@ -81,7 +81,7 @@ impl Generator {
             .project
             .forward(z)
             .reshape([batch, self.base_channels, 4, 4]); // [B, C0, 4, 4]
-        let mut h = relu(self.project_norm.forward(h));
+        let mut h = relu(super::norm::forward(&self.project_norm, h));
         for block in &self.blocks {
             h = block.forward(h); // [B, c/2, 2h, 2w]
         }

@@ -4,6 +4,7 @@ pub mod activation;
 pub mod conv;
 pub mod critic;
 pub mod generator;
+pub mod norm;
 pub mod spectral;
 
 pub use critic::Critic;
