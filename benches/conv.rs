@@ -29,14 +29,28 @@ fn time(mut f: impl FnMut()) -> f64 {
     )
 }
 
-fn row(layer: &str, burn: f64, ours: f64, flop: f64) {
+/// Times forward + backward (input and kernel gradients) of `apply(ours, x, w)` on random
+/// `x`, `w` with Burn's op (`ours` false) and ours, and prints a row of the table.
+fn compare(
+    layer: &str,
+    flop: f64,
+    (x_shape, w_shape): ([usize; 4], [usize; 4]),
+    apply: impl Fn(bool, Tensor<4>, Tensor<4>) -> Tensor<4>,
+) {
+    let device = Device::flex().autodiff();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let x = Tensor::<4>::random(x_shape, normal, &device).require_grad();
+    let w = Tensor::<4>::random(w_shape, normal, &device).require_grad();
+    let step = |ours: bool| {
+        let grads = apply(ours, x.clone(), w.clone()).sum().backward();
+        let _ = w.grad(&grads).unwrap().sum().into_scalar::<f32>();
+    };
+    let (burn, ours) = (time(|| step(false)), time(|| step(true)));
     let (ratio, gflops) = (burn / ours, flop / ours / 1e9);
     println!("{layer:<36} {burn:6.4}  {ours:6.4}  {ratio:9.2}  {gflops:12.1}");
 }
 
 fn main() {
-    let device = Device::flex().autodiff();
-    let normal = Distribution::Normal(0.0, 1.0);
     let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
     let t_options = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
     println!(
@@ -47,43 +61,30 @@ fn main() {
     // generator's transposed convolutions at batch 64.
     let critic = [(3, 64, 64), (64, 128, 32), (128, 256, 16), (256, 512, 8)];
     for (c_in, c_out, size) in critic {
-        let x = Tensor::<4>::random([128, c_in, size, size], normal, &device).require_grad();
-        let w = Tensor::<4>::random([c_out, c_in, 4, 4], normal, &device).require_grad();
-        let step = |ours: bool| {
-            let y = if ours {
-                conv::conv2d(x.clone(), w.clone(), None, options.clone())
-            } else {
-                burn::tensor::module::conv2d(x.clone(), w.clone(), None, options.clone())
-            };
-            let grads = y.sum().backward();
-            let _ = w.grad(&grads).unwrap().sum().into_scalar::<f32>();
-        };
         let flop = 3.0 * 2.0 * 128.0 * (c_out * c_in * 16 * size * size / 4) as f64;
-        let (burn, ours) = (time(|| step(false)), time(|| step(true)));
+        let shapes = ([128, c_in, size, size], [c_out, c_in, 4, 4]);
         let layer = format!("conv {c_in}->{c_out} {size}x{size} batch 128");
-        row(&layer, burn, ours, flop);
+        compare(&layer, flop, shapes, |ours, x, w| {
+            let options = options.clone();
+            if ours {
+                conv::conv2d(x, w, None, options)
+            } else {
+                burn::tensor::module::conv2d(x, w, None, options)
+            }
+        });
     }
     let generator = [(512, 256, 4), (256, 128, 8), (128, 64, 16), (64, 3, 32)];
     for (c_in, c_out, size) in generator {
-        let x = Tensor::<4>::random([64, c_in, size, size], normal, &device).require_grad();
-        let w = Tensor::<4>::random([c_in, c_out, 4, 4], normal, &device).require_grad();
-        let step = |ours: bool| {
-            let y = if ours {
-                conv::conv_transpose2d(x.clone(), w.clone(), None, t_options.clone())
-            } else {
-                burn::tensor::module::conv_transpose2d(
-                    x.clone(),
-                    w.clone(),
-                    None,
-                    t_options.clone(),
-                )
-            };
-            let grads = y.sum().backward();
-            let _ = w.grad(&grads).unwrap().sum().into_scalar::<f32>();
-        };
         let flop = 3.0 * 2.0 * 64.0 * (c_out * c_in * 16 * size * size) as f64;
-        let (burn, ours) = (time(|| step(false)), time(|| step(true)));
+        let shapes = ([64, c_in, size, size], [c_in, c_out, 4, 4]);
         let layer = format!("conv_transpose {c_in}->{c_out} {size}x{size} batch 64");
-        row(&layer, burn, ours, flop);
+        compare(&layer, flop, shapes, |ours, x, w| {
+            let options = t_options.clone();
+            if ours {
+                conv::conv_transpose2d(x, w, None, options)
+            } else {
+                burn::tensor::module::conv_transpose2d(x, w, None, options)
+            }
+        });
     }
 }

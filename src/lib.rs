@@ -18,4 +18,6 @@ pub mod model;
 pub mod plot;
 pub mod sample;
 pub mod swd;
+#[cfg(test)]
+mod testing;
 pub mod train;

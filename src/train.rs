@@ -774,6 +774,7 @@ mod wgpu_parity {
     use super::tests::{params, tiny_config};
     use super::*;
     use crate::backend::{Backend, gpu_available};
+    use crate::testing::max_abs_diff;
 
     /// Every input drawn on the host, so both devices get the same numbers.
     fn host_batch(seed: u64, device: &Device) -> (CriticBatch, Tensor<2>) {
@@ -791,14 +792,6 @@ mod wgpu_parity {
 
     fn flat<M: Module>(module: &M) -> Vec<f32> {
         params(module).concat()
-    }
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     /// Parity tolerance on every parameter and state value (spectral u, v; BatchNorm
@@ -828,7 +821,7 @@ mod wgpu_parity {
                     gan.optim_d = burn::optim::SgdConfig::new().init();
                     gan.optim_g = burn::optim::SgdConfig::new().init();
                 }
-                assert_eq!(max_diff(&flat(&a.critic), &flat(&b.critic)), 0.0);
+                assert_eq!(max_abs_diff(&flat(&a.critic), &flat(&b.critic)), 0.0);
                 let (batch_a, z_a) = host_batch(3, &cpu);
                 let (batch_b, z_b) = host_batch(3, &gpu);
                 let sa = critic_step(&mut a, batch_a, 1e-2);
@@ -838,7 +831,7 @@ mod wgpu_parity {
                     (la - lb).abs() <= 1e-4 * (1.0 + la.abs()),
                     "{kind}: critic loss {la} vs {lb}"
                 );
-                let d = max_diff(&flat(&a.critic), &flat(&b.critic));
+                let d = max_abs_diff(&flat(&a.critic), &flat(&b.critic));
                 assert!(d <= TOLERANCE, "{kind}: critic parameters differ by {d}");
                 let (ga, gb) = (
                     scalar(generator_step(&mut a, z_a, 1e-2)),
@@ -848,7 +841,7 @@ mod wgpu_parity {
                     (ga - gb).abs() <= 1e-4 * (1.0 + ga.abs()),
                     "{kind}: generator loss {ga} vs {gb}"
                 );
-                let d = max_diff(&flat(&a.generator), &flat(&b.generator));
+                let d = max_abs_diff(&flat(&a.generator), &flat(&b.generator));
                 assert!(d <= TOLERANCE, "{kind}: generator parameters differ by {d}");
             }
         }

@@ -8,6 +8,7 @@
 //! x > 0, so the backward keeps y, which the next layer holds anyway). [`leaky_relu`] takes this
 //! path on Flex with f32 and Burn's own op elsewhere.
 
+use super::flex::{self, contiguous, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,7 +18,6 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Dispatch, backend_extension};
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -40,11 +40,8 @@ pub trait Fused: burn::backend::Backend {
 
 /// `out[i] = f(a[i], b[i])` over two equally shaped Flex tensors (or one, `b = a`).
 fn map2(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -> f32 + Sync) -> FlexTensor {
-    let (a, b) = (a.to_contiguous(), b.to_contiguous());
-    let (xa, xb) = (
-        a.as_slice::<f32>().expect("contiguous f32"),
-        b.as_slice::<f32>().expect("contiguous f32"),
-    );
+    let (a, b) = (contiguous(a), contiguous(b));
+    let (xa, xb) = (values(&a), values(&b));
     assert_eq!(xa.len(), xb.len());
     let mut out = vec![0.0f32; xa.len()];
     out.par_chunks_mut(TASK)
@@ -54,8 +51,7 @@ fn map2(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -> f32 + Sync) -> F
                 *o = f(*a, *b);
             }
         });
-    let shape = a.layout().shape().clone();
-    FlexTensor::from_data(TensorData::new(out, shape))
+    tensor(out, a.layout().shape().clone())
 }
 
 impl Fused for Flex {
@@ -115,7 +111,7 @@ impl<B: Fused, C: CheckpointStrategy> Fused for Autodiff<B, C> {
 
 /// `burn::tensor::activation::leaky_relu`, fused on Flex (f32, positive slope).
 pub fn leaky_relu<const D: usize>(x: Tensor<D>, slope: f64) -> Tensor<D> {
-    if slope <= 0.0 || x.dtype() != DType::F32 || x.device().inner() != Device::flex() {
+    if slope <= 0.0 || !flex::applies(&x) {
         return burn::tensor::activation::leaky_relu(x, slope);
     }
     Tensor::from_dispatch(Dispatch::fused_leaky_relu(x.into_dispatch(), slope))

@@ -22,6 +22,7 @@
 //! Written by hand: no maintained crate offers batched convolutions with their gradients on
 //! host slices; the matrix products are the `gemm` crate's (the one Flex uses).
 
+use super::flex::{self, contiguous, tensor, values};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -32,7 +33,6 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Dispatch, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
-use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 /// Bytes of one im2col chunk: the batch is processed in chunks of whole images whose column
@@ -579,19 +579,6 @@ fn dims4<T: TensorMetadata>(t: &T) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
-/// A contiguous f32 copy-free view of a Flex tensor (copied only when strided).
-fn host(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("a contiguous f32 Flex tensor")
-}
-
-fn flex(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
-}
-
 /// Convolutions as batch-wide matrix products; see the module documentation.
 #[backend_extension(Autodiff, Flex)]
 pub trait GemmConv: burn::backend::Backend {
@@ -627,9 +614,9 @@ pub trait GemmConv: burn::backend::Backend {
 impl GemmConv for Flex {
     fn gemm_conv2d(x: FlexTensor, weight: FlexTensor, stride: usize, pad: usize) -> FlexTensor {
         let g = conv_geometry(dims4(&x), dims4(&weight), stride, pad);
-        let (x, weight) = (host(&x), host(&weight));
-        let y = forward(&g, slice(&x), slice(&weight));
-        flex(y, [g.batch, g.c_out, g.oh, g.ow])
+        let (x, weight) = (contiguous(&x), contiguous(&weight));
+        let y = forward(&g, values(&x), values(&weight));
+        tensor(y, [g.batch, g.c_out, g.oh, g.ow])
     }
 
     fn gemm_conv_transpose2d(
@@ -640,9 +627,9 @@ impl GemmConv for Flex {
         out_pad: [usize; 2],
     ) -> FlexTensor {
         let g = transpose_geometry(dims4(&x), dims4(&weight), stride, pad, out_pad);
-        let (x, weight) = (host(&x), host(&weight));
-        let y = backward_data(&g, slice(&x), slice(&weight));
-        flex(y, [g.batch, g.c_in, g.h, g.w])
+        let (x, weight) = (contiguous(&x), contiguous(&weight));
+        let y = backward_data(&g, values(&x), values(&weight));
+        tensor(y, [g.batch, g.c_in, g.h, g.w])
     }
 
     fn gemm_conv2d_weight(
@@ -652,12 +639,12 @@ impl GemmConv for Flex {
         stride: usize,
         pad: usize,
     ) -> FlexTensor {
-        let [c_out, ..] = [dims4(&dy)[1]];
+        let c_out = dims4(&dy)[1];
         let [_, c_in, ..] = dims4(&x);
         let g = conv_geometry(dims4(&x), [c_out, c_in, k, k], stride, pad);
-        let (x, dy) = (host(&x), host(&dy));
-        let dw = backward_weight(&g, slice(&x), slice(&dy));
-        flex(dw, [c_out, c_in, k, k])
+        let (x, dy) = (contiguous(&x), contiguous(&dy));
+        let dw = backward_weight(&g, values(&x), values(&dy));
+        tensor(dw, [c_out, c_in, k, k])
     }
 }
 
@@ -731,23 +718,9 @@ impl<B: GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
         stride: usize,
         pad: usize,
     ) -> FloatTensor<Self> {
-        match ConvBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, pad);
-                let y = B::gemm_conv2d(x.into_primitive(), weight.into_primitive(), stride, pad);
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::gemm_conv2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                stride,
-                pad,
-            )),
-        }
+        record::<B, C, _>(ConvBackward, x, weight, (stride, pad), |x, w| {
+            B::gemm_conv2d(x, w, stride, pad)
+        })
     }
 
     fn gemm_conv_transpose2d(
@@ -757,20 +730,9 @@ impl<B: GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
         pad: usize,
         out_pad: [usize; 2],
     ) -> FloatTensor<Self> {
-        let run = |x, w| B::gemm_conv_transpose2d(x, w, stride, pad, out_pad);
-        match ConvTransposeBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, pad);
-                prep.finish(state, run(x.into_primitive(), weight.into_primitive()))
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(run(x.into_primitive(), weight.into_primitive()))
-            }
-        }
+        record::<B, C, _>(ConvTransposeBackward, x, weight, (stride, pad), |x, w| {
+            B::gemm_conv_transpose2d(x, w, stride, pad, out_pad)
+        })
     }
 
     fn gemm_conv2d_weight(
@@ -785,13 +747,39 @@ impl<B: GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
     }
 }
 
+/// `run` on the inner tensors of `x` and `weight`; when either is tracked, `op` is recorded
+/// with the state its backward reads, `(x, weight, stride, pad)`.
+fn record<B, C, O>(
+    op: O,
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    (stride, pad): (usize, usize),
+    run: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: GemmConv,
+    C: CheckpointStrategy,
+    O: Backward<B, 2, State = (NodeId, NodeId, usize, usize)>,
+{
+    match op
+        .prepare::<C>([x.node(), weight.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, pad);
+            prep.finish(state, run(x.into_primitive(), weight.into_primitive()))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(run(x.into_primitive(), weight.into_primitive())),
+    }
+}
+
 /// Whether the batch-wide kernels apply: f32 tensors on Flex, a square kernel, equal strides
 /// and paddings, no dilation, no groups.
 fn gemm_path(x: &Tensor<4>, weight: &Tensor<4>, stride: [usize; 2], pad: [usize; 2]) -> bool {
     let [.., kh, kw] = weight.dims();
-    x.device().inner() == Device::flex()
-        && x.dtype() == DType::F32
-        && weight.dtype() == DType::F32
+    flex::applies(x)
+        && flex::applies(weight)
         && kh == kw
         && stride[0] == stride[1]
         && pad[0] == pad[1]
@@ -857,6 +845,7 @@ pub fn conv_transpose2d(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_abs_diff;
     use burn::tensor::Distribution;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -905,20 +894,12 @@ mod tests {
         a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
     }
 
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max)
-    }
-
-    /// (batch, c_in, h, w, c_out, k, stride, pad): the critic's and generator's 4x4/2/1 layers,
-    /// odd sizes, stride 1 and 3, padding 0 and 2, 1x1 kernels, and a batch of 20 images of
-    /// 1 MiB columns each, which the 2 MiB chunks split in ten.
     /// `(batch, c_in, h, w, c_out, k, stride, pad)`.
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
+    /// The critic's and generator's 4x4/2/1 layers, odd sizes, stride 1 and 3, padding 0 and 2,
+    /// 1x1 kernels, and a batch of 20 images of 1 MiB columns each, which the 2 MiB chunks
+    /// split in ten.
     const CASES: [Case; 8] = [
         (3, 3, 16, 16, 8, 4, 2, 1),
         (2, 8, 8, 8, 16, 4, 2, 1),

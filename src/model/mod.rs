@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod conv;
 pub mod critic;
+pub mod flex;
 pub mod generator;
 pub mod norm;
 pub mod spectral;

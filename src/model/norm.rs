@@ -11,6 +11,7 @@
 //! `BatchNorm::forward` with this op in its training path on Flex (the same running-statistics
 //! update), and Burn's module everywhere else.
 
+use super::flex::{self, contiguous, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,7 +22,6 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Dispatch, TensorMetadata, backend_extension};
 use burn::nn::BatchNorm;
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 /// Fused training-mode BatchNorm; see the module documentation.
@@ -45,10 +45,6 @@ pub trait FusedBatchNorm: burn::backend::Backend {
         dy: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("a contiguous f32 Flex tensor")
 }
 
 /// `[batch, channels, per-channel elements per image]` of a `[B, C, ...]` shape.
@@ -79,10 +75,6 @@ fn channel_sums(
         .collect()
 }
 
-fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
-}
-
 impl FusedBatchNorm for Flex {
     fn fused_batch_norm(
         x: FlexTensor,
@@ -90,12 +82,8 @@ impl FusedBatchNorm for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor) {
-        let (x, gamma, beta) = (
-            x.to_contiguous(),
-            gamma.to_contiguous(),
-            beta.to_contiguous(),
-        );
-        let (dims, xs) = (split(&x), slice(&x));
+        let [x, gamma, beta] = [x, gamma, beta].map(|t| contiguous(&t));
+        let (dims, xs) = (split(&x), values(&x));
         let (_, c, hw) = dims;
         let n = (xs.len() / c.max(1)) as f64;
         let sums = channel_sums(dims, |i| (xs[i] as f64, (xs[i] as f64).powi(2)));
@@ -105,7 +93,7 @@ impl FusedBatchNorm for Flex {
             .zip(&mean)
             .map(|((_, t), m)| (t / n - m * m).max(0.0))
             .collect();
-        let (g, bt) = (slice(&gamma), slice(&beta));
+        let (g, bt) = (values(&gamma), values(&beta));
         let scale: Vec<f32> = (0..c)
             .map(|k| (g[k] as f64 / (var[k] + epsilon).sqrt()) as f32)
             .collect();
@@ -131,16 +119,11 @@ impl FusedBatchNorm for Flex {
         dy: FlexTensor,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (x, gamma, stats, dy) = (
-            x.to_contiguous(),
-            gamma.to_contiguous(),
-            stats.to_contiguous(),
-            dy.to_contiguous(),
-        );
-        let (dims, xs, gs) = (split(&x), slice(&x), slice(&dy));
+        let [x, gamma, stats, dy] = [x, gamma, stats, dy].map(|t| contiguous(&t));
+        let (dims, xs, gs) = (split(&x), values(&x), values(&dy));
         let (_, c, hw) = dims;
         let n = (xs.len() / c.max(1)) as f64;
-        let (mean, var) = slice(&stats).split_at(c);
+        let (mean, var) = values(&stats).split_at(c);
         let inv_std: Vec<f64> = var
             .iter()
             .map(|v| 1.0 / (*v as f64 + epsilon).sqrt())
@@ -148,7 +131,7 @@ impl FusedBatchNorm for Flex {
         let channel = |i: usize| (i / hw) % c;
         let x_hat = |i: usize| (xs[i] as f64 - mean[channel(i)] as f64) * inv_std[channel(i)];
         let sums = channel_sums(dims, |i| (gs[i] as f64, gs[i] as f64 * x_hat(i)));
-        let g = slice(&gamma);
+        let g = values(&gamma);
         let mut dx = vec![0.0f32; xs.len()];
         dx.par_chunks_mut(hw).enumerate().for_each(|(p, out)| {
             let k = p % c;
@@ -241,7 +224,7 @@ impl<B: FusedBatchNorm, C: CheckpointStrategy> FusedBatchNorm for Autodiff<B, C>
 pub fn forward(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
     let training = device.is_autodiff() && norm.training.is_enabled();
-    if !training || x.dtype() != DType::F32 || device.clone().inner() != Device::flex() {
+    if !training || !flex::applies(&x) {
         return norm.forward(x);
     }
     let (y, stats) = Dispatch::fused_batch_norm(
