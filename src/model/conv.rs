@@ -103,6 +103,19 @@ impl Geometry {
     /// im2col row is a run of contiguous copies instead of a strided gather.
     fn split_phases(&self, plane: &[f32], phases: &mut [f32]) {
         let (s, (hq, wq)) = (self.stride, self.phase_size());
+        if s == 2 && self.h == 2 * hq && self.w == 2 * wq {
+            // Even sizes: every phase element is written, and each input row splits in pairs.
+            for (i, line) in plane.chunks_exact(self.w).enumerate() {
+                let at = ((i % 2) * 2 * hq + i / 2) * wq;
+                let (even, odd) = phases[at..].split_at_mut(hq * wq);
+                let (even, odd) = (&mut even[..wq], &mut odd[..wq]);
+                for (j, pair) in line.chunks_exact(2).enumerate() {
+                    even[j] = pair[0];
+                    odd[j] = pair[1];
+                }
+            }
+            return;
+        }
         phases.fill(0.0);
         for (i, line) in plane.chunks_exact(self.w).enumerate() {
             let (a, r) = (i % s, i / s);
@@ -118,6 +131,17 @@ impl Geometry {
     /// The inverse of [`split_phases`](Self::split_phases).
     fn merge_phases(&self, phases: &[f32], plane: &mut [f32]) {
         let (s, (hq, wq)) = (self.stride, self.phase_size());
+        if s == 2 && self.h == 2 * hq && self.w == 2 * wq {
+            for (i, line) in plane.chunks_exact_mut(self.w).enumerate() {
+                let at = ((i % 2) * 2 * hq + i / 2) * wq;
+                let (even, odd) = (&phases[at..][..wq], &phases[at + hq * wq..][..wq]);
+                for (j, pair) in line.chunks_exact_mut(2).enumerate() {
+                    pair[0] = even[j];
+                    pair[1] = odd[j];
+                }
+            }
+            return;
+        }
         for (i, line) in plane.chunks_exact_mut(self.w).enumerate() {
             let (a, r) = (i % s, i / s);
             for b in 0..s.min(self.w) {
@@ -216,6 +240,15 @@ fn copy_shifted(
 fn col2im(g: &Geometry, cols: &[f32], n: usize, planes: &mut [f32], inside: bool) {
     let (p, hw, kk, (hq, wq)) = (g.positions(), g.h * g.w, g.k * g.k, g.phase_size());
     let width = n * p;
+    // Per column shift dj: which output columns have their input inside the phase row.
+    let masks: Vec<Vec<u32>> = (0..g.k)
+        .map(|kj| {
+            let (_, _, dj) = g.tap(0, kj);
+            let (lo, hi) = valid(dj, wq, g.ow);
+            let line = (0..g.ow).map(|x| if (lo..hi).contains(&x) { !0 } else { 0 });
+            line.cycle().take(p).collect()
+        })
+        .collect();
     each_chunk(planes, hw, inside, |i, plane| {
         let (b, c) = (i / g.c_in, i % g.c_in);
         let mut phases = vec![0.0f32; g.stride * g.stride * hq * wq];
@@ -223,23 +256,16 @@ fn col2im(g: &Geometry, cols: &[f32], n: usize, planes: &mut [f32], inside: bool
             for kj in 0..g.k {
                 let row = &cols[(c * kk + ki * g.k + kj) * width + b * p..][..p];
                 let (phase, di, dj) = g.tap(ki, kj);
+                let dst = &mut phases[phase * hq * wq..][..hq * wq];
+                if wq == g.ow {
+                    add_shifted(g, row, dst, (di, dj), &masks[kj]);
+                    continue;
+                }
                 let (lo, hi) = valid(dj, wq, g.ow);
                 if lo == hi {
                     continue;
                 }
                 let first = (lo as isize + dj) as usize;
-                let dst = &mut phases[phase * hq * wq..][..hq * wq];
-                if dj == 0 && wq == g.ow {
-                    // Whole rows: one flat run of adds.
-                    let (r0, r1) = valid(di, hq, g.oh);
-                    let at = ((r0 as isize + di) as usize) * wq;
-                    let len = (r1 - r0) * wq;
-                    let src = &row[r0 * g.ow..][..len];
-                    for (d, v) in dst[at..at + len].iter_mut().zip(src) {
-                        *d += v;
-                    }
-                    continue;
-                }
                 for oh in 0..g.oh {
                     let r = oh as isize + di;
                     if r < 0 || r >= hq as isize {
@@ -255,6 +281,42 @@ fn col2im(g: &Geometry, cols: &[f32], n: usize, planes: &mut [f32], inside: bool
         }
         g.merge_phases(&phases, plane);
     });
+}
+
+/// The adjoint of [`copy_shifted`] (phase rows as wide as output rows): `plane[oh + di,
+/// x + dj] += row[oh, x]` as one flat run of adds shifted by `di * ow + dj`, where `mask`
+/// (`[oh * ow]`, all ones or zeros) drops the columns whose input lies outside the phase row
+/// (they would land on a neighbouring row). Rows outside the plane fall outside the run.
+fn add_shifted(
+    g: &Geometry,
+    row: &[f32],
+    plane: &mut [f32],
+    (di, dj): (isize, isize),
+    mask: &[u32],
+) {
+    let ow = g.ow;
+    let (r0, r1) = valid(di, plane.len() / ow, g.oh);
+    let shift = di * ow as isize + dj;
+    let start = (r0 * ow).max((-shift).max(0) as usize);
+    let end = (r1 * ow).min((plane.len() as isize - shift).max(0) as usize);
+    if start >= end {
+        return;
+    }
+    let at = (start as isize + shift) as usize;
+    let (dst, src, mask) = (
+        &mut plane[at..at + end - start],
+        &row[start..end],
+        &mask[start..end],
+    );
+    if dj == 0 {
+        for i in 0..dst.len() {
+            dst[i] += src[i];
+        }
+    } else {
+        for i in 0..dst.len() {
+            dst[i] += f32::from_bits(src[i].to_bits() & mask[i]);
+        }
+    }
 }
 
 /// `f(i, chunk)` for the `size`-element chunks of `data`, in parallel when `inside`.
