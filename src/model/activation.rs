@@ -29,8 +29,9 @@ pub trait Fused: burn::backend::Backend {
     /// `x > 0 ? x : slope x`, element-wise; `slope` must be positive.
     fn fused_leaky_relu(x: FloatTensor<Self>, slope: f64) -> FloatTensor<Self>;
 
-    /// The gradient of [`fused_leaky_relu`](Self::fused_leaky_relu) from its output `y`:
-    /// `y > 0 ? dy : slope dy`. Not differentiable.
+    /// The gradient of [`fused_leaky_relu`](Self::fused_leaky_relu) from its output `y` (or
+    /// its input: same sign): `y > 0 ? dy : slope dy`. Differentiable in `dy` (a product with
+    /// a mask that is constant almost everywhere); `y` is taken as a constant.
     fn fused_leaky_relu_backward(
         y: FloatTensor<Self>,
         dy: FloatTensor<Self>,
@@ -106,8 +107,38 @@ impl<B: Fused, C: CheckpointStrategy> Fused for Autodiff<B, C> {
         dy: FloatTensor<Self>,
         slope: f64,
     ) -> FloatTensor<Self> {
-        let (y, dy) = (Self::inner(y), Self::inner(dy));
-        Self::from_inner(B::fused_leaky_relu_backward(y, dy, slope))
+        let y = Self::inner(y);
+        match MaskBackward
+            .prepare::<C>([dy.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_leaky_relu_backward(y.clone(), dy.into_primitive(), slope);
+                prep.finish((y, slope), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_leaky_relu_backward(y, dy.into_primitive(), slope))
+            }
+        }
+    }
+}
+
+/// Backward of [`Fused::fused_leaky_relu_backward`] in `dy`: the same mask again.
+#[derive(Debug)]
+struct MaskBackward;
+
+impl<B: Fused> Backward<B, 1> for MaskBackward {
+    /// `(y, slope)`.
+    type State = (FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (y, slope) = ops.state;
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::fused_leaky_relu_backward(y, grad, slope));
+        }
     }
 }
 
@@ -117,6 +148,18 @@ pub fn leaky_relu<const D: usize>(x: Tensor<D>, slope: f64) -> Tensor<D> {
         return burn::tensor::activation::leaky_relu(x, slope);
     }
     Tensor::from_dispatch(Dispatch::fused_leaky_relu(x.into_dispatch(), slope))
+}
+
+/// `dy * leaky_relu'(a)` (`dy` where `a > 0`, else `slope dy`) with the derivative taken
+/// as a constant: one fused pass on Flex (f32, positive slope), Burn's ops elsewhere.
+/// Differentiable in `dy`, so the gradient penalty's input-gradient network runs through it.
+pub fn leaky_relu_backward<const D: usize>(a: Tensor<D>, dy: Tensor<D>, slope: f64) -> Tensor<D> {
+    if slope <= 0.0 || !flex::applies(&dy) {
+        let a = a.detach();
+        return dy * Tensor::ones_like(&a).mask_fill(a.lower_equal_elem(0.0), slope);
+    }
+    let (a, dy) = (a.detach().into_dispatch(), dy.into_dispatch());
+    Tensor::from_dispatch(Dispatch::fused_leaky_relu_backward(a, dy, slope))
 }
 
 #[cfg(test)]
@@ -148,5 +191,39 @@ mod tests {
             .assert_approx_eq::<f32>(&z.into_data(), Default::default());
         gy.into_data()
             .assert_approx_eq::<f32>(&gz.into_data(), Default::default());
+    }
+
+    /// `leaky_relu_backward(a, dy)` equals `dy * leaky_relu'(a)` written with Burn's ops, in
+    /// value and in the gradient of a loss on it with respect to `dy` (the gradient penalty's
+    /// use), and is exactly the mask: `dy` where `a > 0`, `0.2 dy` elsewhere.
+    #[test]
+    fn masked_gradient_matches_burn_ops_and_is_differentiable_in_dy() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let a = Tensor::<4>::random([2, 3, 5, 7], normal, &device);
+        let dy = Tensor::<4>::random([2, 3, 5, 7], normal, &device);
+        let run = |ours: bool| {
+            let dy = dy.clone().require_grad();
+            let h = if ours {
+                leaky_relu_backward(a.clone(), dy.clone(), 0.2)
+            } else {
+                let mask = Tensor::ones_like(&a).mask_fill(a.clone().lower_equal_elem(0.0), 0.2);
+                dy.clone() * mask
+            };
+            let loss = (h.clone() * h.clone().sin()).sum();
+            let grad = dy.grad(&loss.backward()).unwrap();
+            (h.inner(), grad)
+        };
+        let ((h, gh), (k, gk)) = (run(true), run(false));
+        let expected = dy.clone().inner().mask_where(
+            a.clone().inner().lower_equal_elem(0.0),
+            dy.clone().inner() * 0.2,
+        );
+        h.clone().into_data().assert_eq(&expected.into_data(), true);
+        h.into_data()
+            .assert_approx_eq::<f32>(&k.into_data(), Default::default());
+        gh.into_data()
+            .assert_approx_eq::<f32>(&gk.into_data(), Default::default());
     }
 }

@@ -1,7 +1,7 @@
 //! The critic f: n x [Conv 4x4 stride 2 pad 1, LeakyReLU 0.2], then Linear -> 1.
 //! No normalization layers, so that every constraint acts on the same function class.
 
-use super::activation::leaky_relu;
+use super::activation::{leaky_relu, leaky_relu_backward};
 use super::conv::{conv_transpose2d, conv2d};
 use super::spectral::{SpectralNorm, SpectralOptions, as_matrix};
 use burn::module::{Module, Param};
@@ -129,13 +129,6 @@ impl CriticLinear {
     }
 }
 
-/// The derivative of LeakyReLU at the pre-activation `a`: 1 where a > 0, else the slope.
-/// Piecewise constant, so a constant for autodiff (as in PyTorch's double backward).
-pub fn leaky_relu_derivative<const D: usize>(a: Tensor<D>) -> Tensor<D> {
-    let a = a.detach();
-    Tensor::ones_like(&a).mask_fill(a.lower_equal_elem(0.0), LEAKY_SLOPE)
-}
-
 /// The kernels of every critic layer as used in one forward pass.
 pub struct Kernels {
     /// One per convolution, `[out, in, 4, 4]`.
@@ -250,7 +243,7 @@ impl Critic {
             .zip(pre_activations)
             .zip(input_sizes);
         for ((kernel, a), size) in layers.rev() {
-            g = g * leaky_relu_derivative(a); // through LeakyReLU
+            g = leaky_relu_backward(a, g, LEAKY_SLOPE); // through LeakyReLU
             g = CriticConv::input_gradient(kernel, g, size); // [B, c_in, size]
         }
         g
