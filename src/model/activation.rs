@@ -44,16 +44,13 @@ fn map2(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -> f32 + Sync) -> F
     let (a, b) = (contiguous(a), contiguous(b));
     let (xa, xb) = (values(&a), values(&b));
     assert_eq!(xa.len(), xb.len());
-    let mut out = vec![0.0f32; xa.len()];
-    out.par_chunks_mut(TASK)
-        .zip(xa.par_chunks(TASK).zip(xb.par_chunks(TASK)))
-        .for_each(|(o, (a, b))| {
-            // Equal lengths up front: the loop then has no bounds checks and vectorizes.
-            let (a, b) = (&a[..o.len()], &b[..o.len()]);
-            for i in 0..o.len() {
-                o[i] = f(a[i], b[i]);
-            }
-        });
+    // Collected straight into the output (no zeroed buffer first), in tasks of TASK elements.
+    let out: Vec<f32> = xa
+        .par_iter()
+        .zip(xb)
+        .with_min_len(TASK)
+        .map(|(a, b)| f(*a, *b))
+        .collect();
     tensor(out, a.layout().shape().clone())
 }
 
