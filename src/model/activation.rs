@@ -66,12 +66,14 @@ impl Fused for Flex {
     }
 }
 
-/// Backward of [`Fused::fused_leaky_relu`]: one parent, the input.
+/// Backward of both fused ops, each a product with the same mask: of
+/// [`Fused::fused_leaky_relu`] in its input and of [`Fused::fused_leaky_relu_backward`] in
+/// `dy`. One parent; the gradient is the mask of `y` applied again.
 #[derive(Debug)]
 struct LeakyReluBackward;
 
 impl<B: Fused> Backward<B, 1> for LeakyReluBackward {
-    /// `(output, slope)`.
+    /// `(y: the forward's output, or the masked op's y; slope)`.
     type State = (FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -105,7 +107,7 @@ impl<B: Fused, C: CheckpointStrategy> Fused for Autodiff<B, C> {
         slope: f64,
     ) -> FloatTensor<Self> {
         let y = Self::inner(y);
-        match MaskBackward
+        match LeakyReluBackward
             .prepare::<C>([dy.node()])
             .compute_bound()
             .stateful()
@@ -117,24 +119,6 @@ impl<B: Fused, C: CheckpointStrategy> Fused for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::fused_leaky_relu_backward(y, dy.into_primitive(), slope))
             }
-        }
-    }
-}
-
-/// Backward of [`Fused::fused_leaky_relu_backward`] in `dy`: the same mask again.
-#[derive(Debug)]
-struct MaskBackward;
-
-impl<B: Fused> Backward<B, 1> for MaskBackward {
-    /// `(y, slope)`.
-    type State = (FloatTensor<B>, f64);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (y, slope) = ops.state;
-        if let Some(node) = node {
-            grads.register::<B>(node.id, B::fused_leaky_relu_backward(y, grad, slope));
         }
     }
 }

@@ -359,20 +359,6 @@ fn matmul(
     } else {
         gemm::Parallelism::None
     };
-    gemm_f32(m, n, k, dst, accumulate, lhs, rhs, parallelism);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-    parallelism: gemm::Parallelism,
-) {
     let last = |v: View, rows: usize, cols: usize| {
         (rows.max(1) - 1) * v.1 as usize + (cols.max(1) - 1) * v.2 as usize
     };
