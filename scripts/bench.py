@@ -8,7 +8,12 @@ batch assembly included, first iterations left out as warm-up), the ratio ours/P
 the peak resident memory (RSS) of each process.
 
     scripts/bench.py [--sizes 32 64] [--kinds sn gp gp1 clip none] [--iters 3] [--warmup 1]
-                     [--threads 2] [--data data/fashion-mnist]
+                     [--threads 2] [--data data/fashion-mnist] [--no-convs]
+
+Then, per size, the convolutions of one generator iteration alone (no linear layers,
+normalization, activations or optimizer), ours (`cargo bench --bench conv -- --iteration SIZE`)
+and PyTorch's (`scripts/torch_convs.py`): what each iteration costs at the least with its
+convolution engine, and how much of the iteration the rest takes.
 
 Needs a release build (built here) and `pip install torch pillow numpy`. Standard library only.
 """
@@ -61,6 +66,23 @@ def peer(kind, size, channels, a):
     return res["s_per_gen_iter_median"], rss
 
 
+def convs_only(size, a, target):
+    """Seconds per generator iteration of the convolutions alone: (ours, PyTorch's)."""
+    env = dict(os.environ, CARGO_TARGET_DIR=target, RAYON_NUM_THREADS=str(a.threads))
+    cmd = ["cargo", "bench", "--quiet", "--bench", "conv", "--", "--iteration", str(size)]
+    ours = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if ours.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed:\n{ours.stderr[-2000:]}")
+    script = os.path.join(ROOT, "scripts", "torch_convs.py")
+    torch = subprocess.run([sys.executable, script, "--size", str(size), "--threads",
+                            str(a.threads), "--channels", str(a.channels)],
+                           capture_output=True, text=True)
+    if torch.returncode != 0:
+        sys.exit(f"error: {script} failed:\n{torch.stderr[-2000:]}")
+    last = lambda out: json.loads(out.strip().splitlines()[-1])["s_per_gen_iter_median"]
+    return last(ours.stdout), last(torch.stdout)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
@@ -70,6 +92,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--data", default=os.path.join(ROOT, "data", "fashion-mnist"))
+    p.add_argument("--no-convs", action="store_true",
+                   help="leave out the convolutions-alone timings")
     a = p.parse_args()
     if not os.path.exists(PEER):
         sys.exit(f"error: the PyTorch peer {PEER} is missing")
@@ -85,6 +109,7 @@ def main():
                 s_peer, m_peer = peer(kind, size, a.channels, a)
                 rows.append((size, kind, s_ours, s_peer, m_ours, m_peer))
                 print(f"  {size} {kind}: ours {s_ours:.2f} s, pytorch {s_peer:.2f} s", file=sys.stderr)
+    convs = {} if a.no_convs else {size: convs_only(size, a, target) for size in a.sizes}
     print(f"batch 64, n_critic 5, {a.channels} channels, {a.threads} threads, median of {a.iters} "
           f"generator iterations after {a.warmup} warm-up")
     print(f"{'size':>4} {'kind':<5} {'ours s/it':>9} {'torch s/it':>10} {'ours/torch':>10} "
@@ -98,6 +123,9 @@ def main():
             parts.append(f"GP/SN {by['gp'] / by['sn']:.2f}")
         if "none" in by and "sn" in by:
             parts.append(f"SN/none {by['sn'] / by['none']:.2f}")
+        if size in convs:
+            co, ct = convs[size]
+            parts.append(f"convolutions alone: ours {co:.2f}, torch {ct:.2f} s/it ({co / ct:.2f})")
         print(f"{size}x{size}: " + ", ".join(parts))
 
 
