@@ -84,19 +84,21 @@ fn dcgan_layers(size: usize, device: &Device) -> (Vec<Layer>, Vec<Layer>, usize)
 /// The layers with untracked kernels, as `Module::no_grad` gives them (`detach` alone keeps a
 /// leaf's `require_grad`).
 fn untracked(layers: &[Layer]) -> Vec<Layer> {
-    let off = |w: &Tensor<4>, b: &Tensor<1>| {
-        let w = w.clone().set_require_grad(false);
-        (w, b.clone().set_require_grad(false))
+    let off = |(w, b): &Layer| {
+        (
+            w.clone().set_require_grad(false),
+            b.clone().set_require_grad(false),
+        )
     };
-    layers.iter().map(|(w, b)| off(w, b)).collect()
+    layers.iter().map(off).collect()
 }
 
 /// The convolutions of one generator iteration as the trainer runs them (batch 64, n_critic 5),
-/// with their activations, without the linear layers, normalization, tanh and optimizer: per critic step the
-/// generator forward untracked, the critic forward on `[real; fake]` and its backward (kernel
-/// gradients, input gradients below the first layer); then the generator step (generator
-/// forward, critic forward with untracked kernels, input gradients through both, the
-/// generator's kernel gradients).
+/// with their activations, without the linear layers, normalization, tanh and optimizer: per
+/// critic step the generator forward untracked, the critic forward on `[real; fake]` and its
+/// backward (kernel gradients, input gradients below the first layer); then the generator step
+/// (generator forward, critic forward with untracked kernels, input gradients through both,
+/// the generator's kernel gradients). The same kernel calls, shape for shape, as training.
 fn iteration(ours: bool, size: usize, device: &Device) -> impl FnMut() {
     let (critic, generator, c0) = dcgan_layers(size, device);
     let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
@@ -152,14 +154,8 @@ fn iteration(ours: bool, size: usize, device: &Device) -> impl FnMut() {
 }
 
 fn main() {
-    // As the binary does (src/main.rs): freed tensor buffers stay in the heap instead of being
-    // unmapped and faulted in again on every step.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
+    // As the binary does: freed tensor buffers stay in the heap.
+    wgan_train::backend::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--iteration") {
         let size = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(64);
