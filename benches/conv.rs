@@ -59,6 +59,26 @@ fn compare(
 /// One layer's kernel `[out, in, 4, 4]` (transposed: `[in, out, 4, 4]`) and bias, both tracked.
 type Layer = (Tensor<4>, Tensor<1>);
 
+/// `conv2d` with this crate's kernels (`ours`) or Burn's op.
+fn conv2d(ours: bool, x: Tensor<4>, w: Tensor<4>, b: Option<Tensor<1>>) -> Tensor<4> {
+    let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+    if ours {
+        conv::conv2d(x, w, b, options)
+    } else {
+        burn::tensor::module::conv2d(x, w, b, options)
+    }
+}
+
+/// `conv_transpose2d` with this crate's kernels (`ours`) or Burn's op.
+fn conv_transpose2d(ours: bool, x: Tensor<4>, w: Tensor<4>, b: Option<Tensor<1>>) -> Tensor<4> {
+    let options = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
+    if ours {
+        conv::conv_transpose2d(x, w, b, options)
+    } else {
+        burn::tensor::module::conv_transpose2d(x, w, b, options)
+    }
+}
+
 /// The DCGAN layers at `size` (3 channels): the critic's convolutions (widths 64, 128, ...)
 /// and the generator's transposed convolutions (mirrored), and the generator's input channels.
 fn dcgan_layers(size: usize, device: &Device) -> (Vec<Layer>, Vec<Layer>, usize) {
@@ -67,7 +87,7 @@ fn dcgan_layers(size: usize, device: &Device) -> (Vec<Layer>, Vec<Layer>, usize)
         let w = Tensor::<4>::random(shape, normal, device).require_grad();
         (w, Tensor::<1>::zeros([out], device).require_grad())
     };
-    let n = (size / 4).ilog2() as usize;
+    let n = wgan_train::model::depth(size);
     let widths: Vec<usize> = std::iter::once(3).chain((0..n).map(|i| 64 << i)).collect();
     let critic = widths
         .windows(2)
@@ -101,28 +121,21 @@ fn untracked(layers: &[Layer]) -> Vec<Layer> {
 /// the generator's kernel gradients). The same kernel calls, shape for shape, as training.
 fn iteration(ours: bool, size: usize, device: &Device) -> impl FnMut() {
     let (critic, generator, c0) = dcgan_layers(size, device);
-    let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
-    let t_options = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
     // Each critic convolution followed by LeakyReLU 0.2, ReLU between the generator's layers.
     let d = move |layers: &[Layer], x: Tensor<4>| {
         layers.iter().fold(x, |x, (w, b)| {
-            let (w, b, o) = (w.clone(), Some(b.clone()), options.clone());
+            let y = conv2d(ours, x, w.clone(), Some(b.clone()));
             if ours {
-                activation::leaky_relu(conv::conv2d(x, w, b, o), 0.2)
+                activation::leaky_relu(y, 0.2)
             } else {
-                burn::tensor::activation::leaky_relu(burn::tensor::module::conv2d(x, w, b, o), 0.2)
+                burn::tensor::activation::leaky_relu(y, 0.2)
             }
         })
     };
     let g = move |layers: &[Layer], h: Tensor<4>| {
         layers.iter().enumerate().fold(h, |h, (i, (w, b))| {
             let h = if i > 0 { relu(h) } else { h };
-            let (w, b, o) = (w.clone(), Some(b.clone()), t_options.clone());
-            if ours {
-                conv::conv_transpose2d(h, w, b, o)
-            } else {
-                burn::tensor::module::conv_transpose2d(h, w, b, o)
-            }
+            conv_transpose2d(ours, h, w.clone(), Some(b.clone()))
         })
     };
     let (normal, batch) = (Distribution::Normal(0.0, 1.0), 64);
@@ -180,8 +193,6 @@ fn main() {
 
 /// The per-layer table.
 fn layers() {
-    let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
-    let t_options = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
     println!(
         "{:<36} burn s  ours s  burn/ours  ours GFLOP/s",
         "layer (forward + backward)"
@@ -193,14 +204,7 @@ fn layers() {
         let flop = 3.0 * 2.0 * 128.0 * (c_out * c_in * 16 * size * size / 4) as f64;
         let shapes = ([128, c_in, size, size], [c_out, c_in, 4, 4]);
         let layer = format!("conv {c_in}->{c_out} {size}x{size} batch 128");
-        compare(&layer, flop, shapes, |ours, x, w| {
-            let options = options.clone();
-            if ours {
-                conv::conv2d(x, w, None, options)
-            } else {
-                burn::tensor::module::conv2d(x, w, None, options)
-            }
-        });
+        compare(&layer, flop, shapes, |ours, x, w| conv2d(ours, x, w, None));
     }
     let generator = [(512, 256, 4), (256, 128, 8), (128, 64, 16), (64, 3, 32)];
     for (c_in, c_out, size) in generator {
@@ -208,12 +212,7 @@ fn layers() {
         let shapes = ([64, c_in, size, size], [c_in, c_out, 4, 4]);
         let layer = format!("conv_transpose {c_in}->{c_out} {size}x{size} batch 64");
         compare(&layer, flop, shapes, |ours, x, w| {
-            let options = t_options.clone();
-            if ours {
-                conv::conv_transpose2d(x, w, None, options)
-            } else {
-                burn::tensor::module::conv_transpose2d(x, w, None, options)
-            }
+            conv_transpose2d(ours, x, w, None)
         });
     }
 }
