@@ -4,19 +4,22 @@
 #  - rustfmt, for `cargo fmt --check`;
 #  - Mesa's lavapipe (software Vulkan) and the Vulkan loader, so that the wgpu backend's tests
 #    (part of `cargo test`) run for real on a machine without a GPU. Optional: a failed
-#    install only warns.
+#    install only warns;
+#  - qemu-user, whose CPU models (Haswell: AVX2 without AVX-512; Nehalem: no AVX) force the
+#    gemm crate's AVX2 and scalar kernels in tests/simd_paths.rs on any x86-64 machine.
+#    Optional too: without it those runs are skipped with a line saying why (not under CI).
 set -euo pipefail
 command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 missing=()
-for pkg in mesa-vulkan-drivers libvulkan1; do
+for pkg in mesa-vulkan-drivers libvulkan1 qemu-user; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "warning: ${missing[*]} missing and not root: wgpu tests will be skipped" >&2
+    echo "warning: ${missing[*]} missing and not root: the tests that need them will be skipped" >&2
   else
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
-      || echo "warning: could not install ${missing[*]}: wgpu tests will be skipped" >&2
+      || echo "warning: could not install ${missing[*]}: the tests that need them will be skipped" >&2
   fi
 fi

@@ -144,3 +144,20 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
+
+/// The widest vector level that the gemm crate's matrix products (Flex's and this crate's
+/// convolutions) use on this CPU: `AVX-512`, `AVX2` (with FMA) or `scalar`. Speed figures are
+/// only comparable at the same level.
+pub fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "AVX2";
+        }
+    }
+    "scalar"
+}

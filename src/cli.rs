@@ -3,7 +3,7 @@
 use crate::backend::{self, Backend};
 use crate::config::{Config, EVAL_IMAGES};
 use crate::train::{self, Ended, Start};
-use crate::{compare, eval, export, sample};
+use crate::{compare, eval, pytorch, sample};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -329,7 +329,7 @@ fn export_command(args: ExportArgs) -> Result<ExitCode> {
         eval::run_generator(&args.run, args.checkpoint, &burn::prelude::Device::flex())?;
     // Every critic step and the generator step each run G once in training mode.
     let batches = (step * (config.train.n_critic + 1)) as i64;
-    export::export_generator(&generator, batches, &args.out)?;
+    pytorch::export_generator(&generator, batches, &args.out)?;
     println!(
         "exported the generator of checkpoint {step} to {}",
         args.out.display()

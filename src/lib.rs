@@ -11,13 +11,13 @@ pub mod config;
 pub mod constraint;
 pub mod data;
 pub mod eval;
-pub mod export;
 pub mod lipschitz;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod pytorch;
 pub mod sample;
 pub mod swd;
-#[cfg(test)]
-mod testing;
+#[doc(hidden)]
+pub mod testing;
 pub mod train;

@@ -105,15 +105,13 @@ pub struct CriticStats {
 /// apply the constraint's post-step (clipping).
 pub fn critic_step(gan: &mut Gan, batch: CriticBatch, lr: f64) -> CriticStats {
     let CriticBatch { real, z, epsilon } = batch;
-    let n = real.dims()[0];
-    // G in training mode (batch statistics) but untracked: the fakes are constants here.
+    // G in training mode (batch statistics, running statistics updated) but untracked: the
+    // fakes are constants here.
     let fake = gan.generator.clone().no_grad().forward(z).detach(); // [B, C, S, S]
-    // One forward over real and fake together (one power iteration under SN).
-    let scores = gan
-        .critic
-        .forward(Tensor::cat(vec![real.clone(), fake.clone()], 0)); // [2B, 1]
-    let real_mean = scores.clone().slice(0..n).mean(); // [1]
-    let fake_mean = scores.slice(n..2 * n).mean(); // [1]
+    // Two forwards, fake first, as PyTorch's `d(fake).mean() - d(real).mean()`: under spectral
+    // normalization each refines u, v once, and the real batch sees the newer estimate.
+    let fake_mean = gan.critic.forward(fake.clone()).mean(); // [1]
+    let real_mean = gan.critic.forward(real.clone()).mean(); // [1]
     let wasserstein = (real_mean.clone() - fake_mean.clone()).detach();
     let inputs = PenaltyInputs {
         real,

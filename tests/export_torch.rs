@@ -1,12 +1,13 @@
 //! The exported safetensors load into the PyTorch peer's generator (../shared/peer/torch_wgan.py)
-//! and give the same images. Runs where python3 with torch and the peer exist; elsewhere it
-//! prints why it is skipped.
+//! and give the same images. Needs python with torch (see `common::torch_python`).
+
+mod common;
 
 use burn::prelude::*;
 use std::path::Path;
 use std::process::Command;
-use wgan_train::export::export_generator;
 use wgan_train::model::Generator;
+use wgan_train::pytorch::export_generator;
 
 const CHECK: &str = r#"
 import json, struct, sys
@@ -39,28 +40,12 @@ ours = torch.tensor(spec["out"])
 print(float((y - ours).abs().max()))
 "#;
 
-fn torch_available() -> Result<(), String> {
-    let ok = Command::new("python3")
-        .args(["-c", "import torch"])
-        .output()
-        .map_err(|e| format!("no python3 ({e})"))?;
-    if !ok.status.success() {
-        return Err("python3 has no torch (pip install torch)".into());
-    }
-    Ok(())
-}
-
 #[test]
 fn exported_generator_loads_in_pytorch_and_gives_the_same_images() {
+    let Some(python) = common::torch_python() else {
+        return;
+    };
     let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peer");
-    if !peer.join("torch_wgan.py").exists() {
-        println!("skipped: {} not found", peer.display());
-        return;
-    }
-    if let Err(why) = torch_available() {
-        println!("skipped: {why}");
-        return;
-    }
     let device = Device::flex();
     device.seed(9);
     let (size, channels, z_dim, width) = (32, 3, 16, 8);
@@ -91,7 +76,7 @@ fn exported_generator_loads_in_pytorch_and_gives_the_same_images() {
     });
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let result = Command::new("python3")
+    let result = Command::new(&python)
         .args(["-c", CHECK])
         .arg(&peer)
         .arg(&st)

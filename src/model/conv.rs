@@ -1079,74 +1079,145 @@ mod tests {
     fn burn_ops_on_flex_match_burn_own_convolutions() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        let normal = Distribution::Normal(0.0, 1.0);
         for g in geometries().take(7) {
-            let x = Tensor::<4>::random([g.batch, g.c_in, g.h, g.w], normal, &device);
-            let w = Tensor::<4>::random([g.c_out, g.c_in, g.k, g.k], normal, &device);
-            let b = Tensor::<1>::random([g.c_out], normal, &device);
-            let dy = Tensor::<4>::random([g.batch, g.c_out, g.oh, g.ow], normal, &device);
-            let options = ConvOptions::new([g.stride; 2], [g.pad; 2], [1, 1], 1);
-            let out_pad = [g.h, g.w].map(|i| (i + 2 * g.pad - g.k) % g.stride);
-            let t_options =
-                ConvTransposeOptions::new([g.stride; 2], [g.pad; 2], out_pad, [1, 1], 1);
-            let tb = Tensor::<1>::random([g.c_in], normal, &device);
-            assert!(
-                gemm_path(&x, &w, options.stride, [g.pad; 2]),
-                "takes the gemm path"
-            );
-            let run = |ours: bool| {
-                let (x, w, b, dy, tb) = (
-                    x.clone().require_grad(),
-                    w.clone().require_grad(),
-                    b.clone().require_grad(),
-                    dy.clone().require_grad(),
-                    tb.clone().require_grad(),
-                );
-                let (y, t) = if ours {
-                    let y = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
-                    let t = conv_transpose2d(
-                        dy.clone(),
-                        w.clone(),
-                        Some(tb.clone()),
-                        t_options.clone(),
-                    );
-                    (y, t)
-                } else {
-                    let y = burn::tensor::module::conv2d(
-                        x.clone(),
-                        w.clone(),
-                        Some(b.clone()),
-                        options.clone(),
-                    );
-                    let t = burn::tensor::module::conv_transpose2d(
-                        dy.clone(),
-                        w.clone(),
-                        Some(tb.clone()),
-                        t_options.clone(),
-                    );
-                    (y, t)
-                };
-                // A loss reaching every input, with t's shape equal to x's.
-                let loss = (y.clone() * y.clone()).sum() + (t.clone() * x.clone().sin()).sum();
-                let grads = loss.backward();
-                (
-                    y,
-                    t,
-                    x.grad(&grads).unwrap(),
-                    w.grad(&grads).unwrap(),
-                    b.grad(&grads).unwrap(),
-                    dy.grad(&grads).unwrap(),
-                    tb.grad(&grads).unwrap(),
-                )
-            };
-            let (ours, burn) = (run(true), run(false));
-            close(&ours.0, &burn.0, &format!("{g:?} conv2d"));
-            close(&ours.1, &burn.1, &format!("{g:?} conv_transpose2d"));
-            close(&ours.2, &burn.2, &format!("{g:?} d/dx"));
-            close(&ours.3, &burn.3, &format!("{g:?} d/dw"));
-            close1(ours.4, burn.4, &format!("{g:?} d/db"));
-            close(&ours.5, &burn.5, &format!("{g:?} d/ddy"));
-            close1(ours.6, burn.6, &format!("{g:?} d/dbias_t"));
+            check_against_burn(&g, &device);
         }
+    }
+
+    /// [`conv2d`] with geometry `g` and [`conv_transpose2d`] with its adjoint shape (`dy` of
+    /// the convolution's output shape to its input shape) against Burn's own ops: values and
+    /// every gradient (input, kernel, bias), through a loss that reaches each input.
+    fn check_against_burn(g: &Geometry, device: &Device) {
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<4>::random([g.batch, g.c_in, g.h, g.w], normal, &device);
+        let w = Tensor::<4>::random([g.c_out, g.c_in, g.k, g.k], normal, &device);
+        let b = Tensor::<1>::random([g.c_out], normal, &device);
+        let dy = Tensor::<4>::random([g.batch, g.c_out, g.oh, g.ow], normal, &device);
+        let options = ConvOptions::new([g.stride; 2], [g.pad; 2], [1, 1], 1);
+        let out_pad = [g.h, g.w].map(|i| (i + 2 * g.pad - g.k) % g.stride);
+        let t_options = ConvTransposeOptions::new([g.stride; 2], [g.pad; 2], out_pad, [1, 1], 1);
+        let tb = Tensor::<1>::random([g.c_in], normal, &device);
+        assert!(
+            gemm_path(&x, &w, options.stride, [g.pad; 2]),
+            "takes the gemm path"
+        );
+        let run = |ours: bool| {
+            let (x, w, b, dy, tb) = (
+                x.clone().require_grad(),
+                w.clone().require_grad(),
+                b.clone().require_grad(),
+                dy.clone().require_grad(),
+                tb.clone().require_grad(),
+            );
+            let (y, t) = if ours {
+                let y = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
+                let t =
+                    conv_transpose2d(dy.clone(), w.clone(), Some(tb.clone()), t_options.clone());
+                (y, t)
+            } else {
+                let y = burn::tensor::module::conv2d(
+                    x.clone(),
+                    w.clone(),
+                    Some(b.clone()),
+                    options.clone(),
+                );
+                let t = burn::tensor::module::conv_transpose2d(
+                    dy.clone(),
+                    w.clone(),
+                    Some(tb.clone()),
+                    t_options.clone(),
+                );
+                (y, t)
+            };
+            // A loss reaching every input, with t's shape equal to x's.
+            let loss = (y.clone() * y.clone()).sum() + (t.clone() * x.clone().sin()).sum();
+            let grads = loss.backward();
+            (
+                y,
+                t,
+                x.grad(&grads).unwrap(),
+                w.grad(&grads).unwrap(),
+                b.grad(&grads).unwrap(),
+                dy.grad(&grads).unwrap(),
+                tb.grad(&grads).unwrap(),
+            )
+        };
+        let (ours, burn) = (run(true), run(false));
+        close(&ours.0, &burn.0, &format!("{g:?} conv2d"));
+        close(&ours.1, &burn.1, &format!("{g:?} conv_transpose2d"));
+        close(&ours.2, &burn.2, &format!("{g:?} d/dx"));
+        close(&ours.3, &burn.3, &format!("{g:?} d/dw"));
+        close1(ours.4, burn.4, &format!("{g:?} d/db"));
+        close(&ours.5, &burn.5, &format!("{g:?} d/ddy"));
+        close1(ours.6, burn.6, &format!("{g:?} d/dbias_t"));
+    }
+
+    /// Every convolution that a shipped config (`configs/**/*.toml`) builds: the critic's
+    /// convolutions and the generator's transposed ones (as the adjoint geometry), at the
+    /// config's batch size and twice it, through [`check_against_burn`]. Under emulation
+    /// (`WGAN_TRAIN_KERNEL_BATCH`, set by [`shipped_shapes_match_burn_on_avx2_and_scalar`]) at
+    /// that one batch, which still spans several im2col chunks on the large layers.
+    #[test]
+    fn every_shipped_layer_shape_matches_burn() {
+        let device = Device::flex().autodiff();
+        device.seed(4);
+        println!("CPU: {}", crate::backend::simd_level());
+        for g in shipped_geometries() {
+            check_against_burn(&g, &device);
+        }
+    }
+
+    /// The distinct layer geometries of the shipped configs, at the batches to check.
+    fn shipped_geometries() -> Vec<Geometry> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let batches = |b: usize| match std::env::var("WGAN_TRAIN_KERNEL_BATCH") {
+            Ok(v) => vec![v.parse().expect("a batch size")],
+            Err(_) => vec![b, 2 * b],
+        };
+        let mut out: Vec<Geometry> = Vec::new();
+        for entry in walkdir::WalkDir::new(&root) {
+            let path = entry.unwrap().into_path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let config = crate::config::Config::load(&path, &[]).unwrap();
+            let (size, channels) = (config.data.image_size, config.data.channels);
+            let n = super::super::depth(size);
+            let mut layers = Vec::new(); // (c_in, c_out, input size) of a 4x4/2/1 convolution
+            let (mut c, mut s) = (channels, size);
+            for i in 0..n {
+                layers.push((c, config.model.d_width << i, s));
+                (c, s) = (config.model.d_width << i, s / 2);
+            }
+            // The generator's ConvT c -> c/2 from s to 2s is the adjoint of a conv c/2 -> c
+            // on 2s; the last one goes to the image channels.
+            let (mut c, mut s) = (config.model.g_width << (n - 1), 4);
+            for _ in 0..n - 1 {
+                layers.push((c / 2, c, 2 * s));
+                (c, s) = (c / 2, 2 * s);
+            }
+            layers.push((channels, c, 2 * s));
+            for (c_in, c_out, s) in layers {
+                for batch in batches(config.train.batch_size) {
+                    let g = conv_geometry([batch, c_in, s, s], [c_out, c_in, 4, 4], 2, 1);
+                    if !out.contains(&g) {
+                        out.push(g);
+                    }
+                }
+            }
+        }
+        assert!(out.len() >= 8, "{} geometries", out.len());
+        out
+    }
+
+    /// The same check with the CPU's vector extensions taken away by qemu-user's CPU models:
+    /// Haswell (AVX2 + FMA, no AVX-512) and Nehalem (no AVX), so that the gemm crate's
+    /// AVX2 and scalar micro-kernels run whatever machine runs the tests.
+    #[test]
+    fn shipped_shapes_match_burn_on_avx2_and_scalar() {
+        crate::testing::under_emulated_cpus(
+            "model::conv::tests::every_shipped_layer_shape_matches_burn",
+            &[("WGAN_TRAIN_KERNEL_BATCH", "8")],
+        );
     }
 }

@@ -220,13 +220,38 @@ impl<B: FusedBatchNorm, C: CheckpointStrategy> FusedBatchNorm for Autodiff<B, C>
     }
 }
 
-/// `norm.forward(x)` for `x [B, C, H, W]`, with the fused op in the training path on Flex (f32).
+/// `norm.forward(x)` for `x` `[B, C, H, W]` with PyTorch's running statistics: in training
+/// (autodiff device, training flag set) the batch's mean and biased variance normalize `x`,
+/// and `running = (1 - momentum) running + momentum batch` takes the *unbiased* variance
+/// (`n / (n - 1)` times the biased one, `n = B H W`), as `torch.nn.BatchNorm2d` does; Burn's
+/// own `BatchNorm` keeps the biased one. The fused op serves Flex; elsewhere the same
+/// normalization is written with tensor ops. In inference, Burn's module (running statistics).
 pub fn forward(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    let device = x.device();
-    let training = device.is_autodiff() && norm.training.is_enabled();
-    if !training || !flex::applies(&x) {
+    let training = x.device().is_autodiff() && norm.training.is_enabled();
+    if !training {
         return norm.forward(x);
     }
+    let [b, _, h, w] = x.dims();
+    let (y, mean, var) = if flex::applies(&x) {
+        fused(norm, x)
+    } else {
+        composed(norm, x)
+    };
+    let n = (b * h * w) as f64;
+    let unbiased = var.mul_scalar(n / (n - 1.0).max(1.0));
+    let m = norm.momentum;
+    let device = y.device();
+    let running_mean = norm.running_mean.value_sync().to_device(&device);
+    let running_var = norm.running_var.value_sync().to_device(&device);
+    let running_mean = running_mean.mul_scalar(1.0 - m).add(mean.mul_scalar(m));
+    let running_var = running_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m));
+    norm.running_mean.update(running_mean.detach());
+    norm.running_var.update(running_var.detach());
+    y
+}
+
+/// The fused Flex op: (`y`, batch mean `[C]`, biased batch variance `[C]`).
+fn fused(norm: &BatchNorm, x: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     let (y, stats) = Dispatch::fused_batch_norm(
         x.into_dispatch(),
         norm.gamma.val().into_dispatch(),
@@ -235,19 +260,27 @@ pub fn forward(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     );
     let stats = Tensor::<2>::from_dispatch(stats).detach(); // [2, C]
     let c = stats.dims()[1];
-    let (mean, var) = (
-        stats.clone().slice(0..1).reshape([c]),
-        stats.slice(1..2).reshape([c]),
-    );
-    // As BatchNorm::forward_train: running = (1 - momentum) running + momentum batch.
-    let m = norm.momentum;
-    let running_mean = norm.running_mean.value_sync().to_device(&device);
-    let running_var = norm.running_var.value_sync().to_device(&device);
-    let running_mean = running_mean.mul_scalar(1.0 - m).add(mean.mul_scalar(m));
-    let running_var = running_var.mul_scalar(1.0 - m).add(var.mul_scalar(m));
-    norm.running_mean.update(running_mean.detach());
-    norm.running_var.update(running_var.detach());
-    Tensor::from_dispatch(y)
+    let mean = stats.clone().slice(0..1).reshape([c]);
+    let var = stats.slice(1..2).reshape([c]);
+    (Tensor::from_dispatch(y), mean, var)
+}
+
+/// Training-mode BatchNorm with tensor ops (any backend): as [`fused`].
+fn composed(norm: &BatchNorm, x: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let [_, c, _, _] = x.dims();
+    let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3); // [1, C, 1, 1]
+    let centered = x - mean.clone();
+    let var = centered
+        .clone()
+        .square()
+        .mean_dim(0)
+        .mean_dim(2)
+        .mean_dim(3); // [1, C, 1, 1]
+    let std = var.clone().add_scalar(norm.epsilon).sqrt();
+    let gamma = norm.gamma.val().reshape([1, c, 1, 1]);
+    let beta = norm.beta.val().reshape([1, c, 1, 1]);
+    let y = centered.div(std).mul(gamma).add(beta); // [B, C, H, W]
+    (y, mean.reshape([c]).detach(), var.reshape([c]).detach())
 }
 
 #[cfg(test)]
@@ -257,29 +290,31 @@ mod tests {
     use burn::nn::BatchNormConfig;
     use burn::tensor::Distribution;
 
-    /// On Flex with autodiff, output, input/gamma/beta gradients and the running statistics
-    /// after two training forwards equal Burn's BatchNorm.
+    /// On Flex with autodiff, output, input/gamma/beta gradients and the running mean after two
+    /// training forwards equal Burn's BatchNorm, for the fused op and the composed one; the
+    /// running variance is PyTorch's: Burn's biased update with every batch variance scaled by
+    /// n / (n - 1), i.e. `ours - 0.81 = n / (n - 1) (burn - 0.81)` from the initial 1.
     #[test]
-    fn matches_burn_batch_norm_training_forward_backward_and_running_stats() {
+    fn matches_burn_batch_norm_training_and_pytorch_running_variance() {
         let device = Device::flex().autodiff();
         device.seed(7);
         let shape = [5, 3, 6, 7];
+        let n = (5 * 6 * 7) as f32;
         let x = Tensor::<4>::random(shape, Distribution::Normal(1.5, 2.0), &device);
         let weights = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
         let gamma = Tensor::<1>::random([3], Distribution::Normal(0.5, 1.0), &device);
         let beta = Tensor::<1>::random([3], Distribution::Normal(0.5, 1.0), &device);
-        let run = |fused: bool| {
+        // 0: Burn's module, 1: `forward` (fused on Flex), 2: the composed ops.
+        let run = |path: usize| {
             // A fresh layer per run: clones of a module share their running statistics.
             let mut norm = BatchNormConfig::new(3).init(&device);
             norm.gamma = Param::from_tensor(gamma.clone());
             norm.beta = Param::from_tensor(beta.clone());
             let x = x.clone().require_grad();
-            let out = |t: Tensor<4>| {
-                if fused {
-                    forward(&norm, t)
-                } else {
-                    norm.forward(t)
-                }
+            let out = |t: Tensor<4>| match path {
+                0 => norm.forward(t),
+                1 => forward(&norm, t),
+                _ => composed(&norm, t).0,
             };
             let _ = out(x.clone() * 0.5); // a first step for the running statistics
             let y = out(x.clone());
@@ -294,10 +329,20 @@ mod tests {
                 g(norm.running_var.value().inner()),
             ]
         };
-        for (i, (a, b)) in run(true).into_iter().zip(run(false)).enumerate() {
+        let close = |a: Tensor<4>, b: Tensor<4>, what: String| {
             let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
             let err = (a - b).abs().max().into_scalar::<f32>();
-            assert!(err < 1e-5 * scale, "output {i}: {err}");
+            assert!(err < 1e-5 * scale, "{what}: {err}");
+        };
+        let burn = run(0);
+        let fused = run(1);
+        for (i, (a, b)) in fused.iter().zip(&burn).take(5).enumerate() {
+            close(a.clone(), b.clone(), format!("fused output {i}"));
+        }
+        let pytorch_var = (burn[5].clone() - 0.81) * (n / (n - 1.0)) + 0.81;
+        close(fused[5].clone(), pytorch_var, "running variance".into());
+        for (i, (a, b)) in run(2).into_iter().zip(burn).take(4).enumerate() {
+            close(a, b, format!("composed output {i}"));
         }
     }
 }

@@ -5,6 +5,13 @@
 //! training forward refines them by power iteration, without gradient; the gradient of the
 //! loss then flows through `W` both in the numerator and in `sigma` (with `u`, `v` constant),
 //! exactly as in PyTorch's `torch.nn.utils.parametrizations.spectral_norm`.
+//!
+//! The power iteration is Miyato's alternating sequence `v = normalize(W^T u)`,
+//! `u = normalize(W v)`, ...; where a forward pass cuts it is PyTorch's choice: each step starts
+//! from the stored `v` with `u = normalize(W v)` and ends with `v = normalize(W^T u)`, so that
+//! `sigma = u^T W v = ||W^T u||` uses the newest pair. (Cutting after the `u` half, as Alg. 1 is
+//! often written, gives `sigma = ||W v||` from a `v` half a step older: the same estimator one
+//! half-step behind, and not PyTorch's numbers, which `tests/torch_parity.rs` compares with.)
 
 use burn::module::{Flag, Module, Param, RunningState};
 use burn::prelude::*;
@@ -43,19 +50,16 @@ pub struct SpectralNorm {
 }
 
 impl SpectralNorm {
-    /// Random normal, normalized `u` for `kernel` (drawn from the device's seeded RNG), then
-    /// [`WARMUP_ITERATIONS`] power iterations, which also give `v`.
+    /// Random normal, normalized `u` and `v` for `kernel` (drawn from the device's seeded RNG,
+    /// in this order, as PyTorch does), then [`WARMUP_ITERATIONS`] power iterations.
     pub fn new<const D: usize>(kernel: &Tensor<D>, options: SpectralOptions) -> Self {
         let matrix = as_matrix(kernel.clone()).detach();
         let [rows, cols] = matrix.dims();
         let device = matrix.device();
-        let u = normalize(Tensor::random(
-            [rows],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        ));
-        let (u, v) = power_iteration(&matrix, u, WARMUP_ITERATIONS);
-        debug_assert_eq!(v.dims(), [cols]);
+        let draw =
+            |n: usize| normalize(Tensor::random([n], Distribution::Normal(0.0, 1.0), &device));
+        let (u, v) = (draw(rows), draw(cols));
+        let (u, v) = power_iteration(&matrix, (u, v), WARMUP_ITERATIONS);
         Self {
             u: RunningState::new(u),
             v: RunningState::new(v),
@@ -99,12 +103,14 @@ impl SpectralNorm {
         matrix.is_autodiff() && self.training.is_enabled()
     }
 
-    /// `power_iterations` steps from the stored `u`, stored again at once: `RunningState`
+    /// `power_iterations` steps from the stored `u`, `v`, stored again at once: `RunningState`
     /// keeps updates per thread until synced, and a record must see the latest values.
     fn refine(&self, matrix: &Tensor<2>) -> (Tensor<1>, Tensor<1>) {
         let matrix = matrix.clone().detach();
-        let u = self.u.value_sync().to_device(&matrix.device());
-        let (u, v) = power_iteration(&matrix, u, self.power_iterations);
+        let device = matrix.device();
+        let u = self.u.value_sync().to_device(&device);
+        let v = self.v.value_sync().to_device(&device);
+        let (u, v) = power_iteration(&matrix, (u, v), self.power_iterations);
         self.u.update(u.clone());
         self.v.update(v.clone());
         self.u.value_sync();
@@ -121,19 +127,23 @@ pub fn as_matrix<const D: usize>(kernel: Tensor<D>) -> Tensor<2> {
     kernel.reshape([rows, cols])
 }
 
-/// `steps` x { v = normalize(W^T u); u = normalize(W v) }, on detached values.
-pub fn power_iteration(matrix: &Tensor<2>, u: Tensor<1>, steps: usize) -> (Tensor<1>, Tensor<1>) {
+/// `steps` x { u = normalize(W v); v = normalize(W^T u) } from `(u, v)` (only `v` is read),
+/// on detached values, as PyTorch's `_SpectralNorm._power_method`.
+pub fn power_iteration(
+    matrix: &Tensor<2>,
+    (u, v): (Tensor<1>, Tensor<1>),
+    steps: usize,
+) -> (Tensor<1>, Tensor<1>) {
     let [rows, cols] = matrix.dims();
-    let mut u = u.detach();
-    let mut v = Tensor::zeros([cols], &matrix.device());
+    let (mut u, mut v) = (u.detach(), v.detach());
     for _ in 0..steps.max(1) {
+        u = normalize(matrix.clone().matmul(v.reshape([cols, 1])).reshape([rows]));
         // W^T u as the row vector u^T W: a transposed W would be copied on every call.
-        v = normalize(u.reshape([1, rows]).matmul(matrix.clone()).reshape([cols]));
-        u = normalize(
-            matrix
-                .clone()
-                .matmul(v.clone().reshape([cols, 1]))
-                .reshape([rows]),
+        v = normalize(
+            u.clone()
+                .reshape([1, rows])
+                .matmul(matrix.clone())
+                .reshape([cols]),
         );
     }
     (u.detach(), v.detach())
@@ -208,6 +218,69 @@ mod tests {
             assert!(
                 (normalized_norm - 1.0).abs() < 1e-3,
                 "normalized norm {normalized_norm}"
+            );
+        }
+    }
+
+    /// PyTorch's `spectral_norm`, from the same `u`, `v` and weights, over three critic steps
+    /// of two training forwards each (d(fake), d(real)) with the weights moved between steps:
+    ///
+    /// ```python
+    /// import math, torch
+    /// from torch.nn.utils.parametrizations import spectral_norm
+    /// conv = spectral_norm(torch.nn.Conv2d(4, 8, 4, 2, 1))
+    /// n = 8 * 4 * 4 * 4
+    /// w0 = torch.tensor([math.sin(0.37 * i) for i in range(n)]).reshape(8, 4, 4, 4)
+    /// dw = torch.tensor([math.cos(1.3 * i) for i in range(n)]).reshape(8, 4, 4, 4)
+    /// sn = conv.parametrizations.weight[0]
+    /// with torch.no_grad():
+    ///     sn._u.copy_(torch.nn.functional.normalize(torch.tensor([math.cos(0.5 * i) for i in range(8)]), dim=0))
+    ///     sn._v.copy_(torch.nn.functional.normalize(torch.tensor([math.sin(0.9 * i + 0.3) for i in range(64)]), dim=0))
+    /// conv.train()
+    /// sigmas = []
+    /// for step in range(3):
+    ///     with torch.no_grad():
+    ///         conv.parametrizations.weight.original.copy_(w0 + 0.05 * step * dw)
+    ///     for _ in range(2):
+    ///         _ = conv.weight  # one training forward: one power iteration
+    ///         mat = conv.parametrizations.weight.original.reshape(8, -1)
+    ///         sigmas.append(float(torch.vdot(sn._u, torch.mv(mat, sn._v))))
+    /// print([f"{s:.6f}" for s in sigmas])  # torch 2.15
+    /// ```
+    /// The exact top singular value at the last step is 11.6987: the estimates are far from
+    /// converged, so the order of the half-steps shows.
+    #[test]
+    fn sigma_sequence_matches_pytorch_spectral_norm_over_critic_steps() {
+        let device = device();
+        let expected = [
+            10.904696, 10.909521, 10.945549, 10.952673, 11.017149, 11.027212,
+        ];
+        let seq = |n: usize, f: &dyn Fn(f64) -> f64| -> Vec<f32> {
+            (0..n).map(|i| f(i as f64) as f32).collect()
+        };
+        let tensor = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::from(v.as_slice()), &device);
+        let n = 8 * 4 * 4 * 4;
+        let w0 = tensor(seq(n, &|i| (0.37 * i).sin())).reshape([8, 4, 4, 4]);
+        let dw = tensor(seq(n, &|i| (1.3 * i).cos())).reshape([8, 4, 4, 4]);
+        let sn = SpectralNorm {
+            u: RunningState::new(normalize(tensor(seq(8, &|i| (0.5 * i).cos())))),
+            v: RunningState::new(normalize(tensor(seq(64, &|i| (0.9 * i + 0.3).sin())))),
+            training: Param::from_bool(true),
+            power_iterations: 1,
+            in_forward: true,
+        };
+        let mut sigmas = Vec::new();
+        for step in 0..3 {
+            let w = w0.clone() + dw.clone() * (0.05 * step as f64);
+            for _ in 0..2 {
+                let _ = sn.normalize(w.clone());
+                sigmas.push(sn.estimate(&w));
+            }
+        }
+        for (ours, torch) in sigmas.iter().zip(expected) {
+            assert!(
+                (ours - torch).abs() < 2e-5 * torch,
+                "{sigmas:?} vs {expected:?}"
             );
         }
     }

@@ -98,3 +98,40 @@ pub fn setup(images: usize) -> (tempfile::TempDir, PathBuf) {
     let config = tiny_config(tmp.path(), &data);
     (tmp, config)
 }
+
+/// The Python interpreter for the comparisons with PyTorch: `WGAN_TRAIN_PYTHON`, else the venv
+/// that `.ci/run` sets up (`~/.cache/wgan-train/venv`), else `python3`; `None` (with a line
+/// saying why) when it lacks torch, numpy, pillow or safetensors or the peer is missing. Under
+/// CI=true a missing piece is a failure, not a skip: these comparisons must run there.
+pub fn torch_python() -> Option<String> {
+    let venv = std::env::var("HOME")
+        .map(|h| format!("{h}/.cache/wgan-train/venv/bin/python"))
+        .ok()
+        .filter(|p| Path::new(p).exists());
+    let python = std::env::var("WGAN_TRAIN_PYTHON")
+        .ok()
+        .or(venv)
+        .unwrap_or_else(|| "python3".into());
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peer/torch_wgan.py");
+    let check = Command::new(&python)
+        .args(["-c", "import torch, numpy, PIL, safetensors"])
+        .output();
+    let why = match check {
+        _ if !peer.exists() => format!("{} not found", peer.display()),
+        Err(e) => format!("cannot run {python}: {e}"),
+        Ok(o) if !o.status.success() => format!(
+            "{python} lacks torch, numpy, pillow or safetensors ({}): run scripts/setup-python.sh",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        Ok(_) => return Some(python),
+    };
+    assert!(
+        std::env::var("CI").is_err(),
+        "under CI this must run: {why}"
+    );
+    println!("skipped: {why}");
+    None
+}
