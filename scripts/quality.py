@@ -8,9 +8,9 @@ then scores both generators the same way: our generator is exported (`wgan-train
 the peer's `G`, and both sample --samples images in inference mode from the same noise. Scores:
 
   FD     Frechet distance in the feature space (the 128-d layer before the logits) of a small
-         Fashion-MNIST classifier trained here on the 60,000 training images (cached; about 91%
-         test accuracy), against the 10,000 held-out test images; lower is better. Real training
-         images score about 1 against the test images.
+         Fashion-MNIST classifier trained here on the 60,000 training images (cached), against
+         the 10,000 held-out test images; lower is better. The script first prints what real
+         training images score (the floor).
   modes  how many of the ten classes hold at least 2% of the samples (by that classifier)
   white  pixels that are white (>= 200 of 255) in every sample: a stuck-pixel artifact; the data
          has none
@@ -22,6 +22,7 @@ Prints one line per run and a summary (mean and spread over seeds), and writes t
 """
 import argparse
 import gzip
+import warnings
 import json
 import os
 import shlex
@@ -97,7 +98,7 @@ class Classifier(nn.Module):
 
 
 def classifier():
-    """The cached classifier, trained once (3 epochs, about a minute on 2 cores)."""
+    """The cached classifier, trained once (3 epochs, about a minute on 2 cores; 90.3% test accuracy)."""
     path = os.path.join(CACHE, "fmnist_classifier.pt")
     net = Classifier()
     if os.path.exists(path):
@@ -136,9 +137,15 @@ def features(net, x):
 
 def frechet(a, b):
     from scipy import linalg
+    warnings.filterwarnings("ignore", category=linalg.LinAlgWarning)
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    # As pytorch-fid: the features hold dead ReLU units, so the product can be singular; an
+    # offset on the diagonals then keeps the square root finite.
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
     covmean = covmean.real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
@@ -197,6 +204,9 @@ def main():
     data = a.data or data_folder(a.images)
     net = classifier()
     real_feats, _ = features(net, to_model_input(idx_images("t10k")))
+    floor = score(net, real_feats, to_model_input(idx_images("train")[-a.samples:]))
+    print(f"real training images (the last {a.samples}) against the test images: "
+          f"FD {floor['fd']:.1f}, modes {floor['modes']}, white {floor['white']}", flush=True)
     rows = []
     out_json = os.path.join(a.work, "quality.json")
     for c in a.constraints:
