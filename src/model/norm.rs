@@ -298,16 +298,47 @@ mod tests {
     fn matches_burn_batch_norm_training_and_pytorch_running_variance() {
         let device = Device::flex().autodiff();
         device.seed(7);
-        let shape = [5, 3, 6, 7];
-        let n = (5 * 6 * 7) as f32;
+        check([5, 3, 6, 7], &device);
+    }
+
+    /// The same on every BatchNorm input of the shipped configs' generators (the input of each
+    /// transposed convolution), at their batch sizes.
+    #[test]
+    fn every_shipped_batch_norm_shape_matches() {
+        let device = Device::flex().autodiff();
+        device.seed(8);
+        println!("CPU: {}", crate::backend::simd_level());
+        for l in crate::model::shipped::layers() {
+            if l.kind == crate::model::shipped::Kind::ConvTranspose {
+                check([l.batch, l.c_in, l.size, l.size], &device);
+            }
+        }
+    }
+
+    /// [`every_shipped_batch_norm_shape_matches`] on the AVX2 and scalar paths.
+    #[test]
+    fn shipped_batch_norm_shapes_match_on_avx2_and_scalar() {
+        crate::testing::under_emulated_cpus(
+            "model::norm::tests::every_shipped_batch_norm_shape_matches",
+            &[("WGAN_TRAIN_KERNEL_BATCH", "8")],
+        );
+    }
+
+    /// [`forward`] (fused on Flex) and [`composed`] against Burn's `BatchNorm` on `shape`:
+    /// output, input/gamma/beta gradients, running mean after two training forwards; the
+    /// running variance against PyTorch's (see the test above).
+    fn check(shape: [usize; 4], device: &Device) {
+        let n = (shape[0] * shape[2] * shape[3]) as f32;
+        let c = shape[1];
+        let device = device.clone();
         let x = Tensor::<4>::random(shape, Distribution::Normal(1.5, 2.0), &device);
         let weights = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let gamma = Tensor::<1>::random([3], Distribution::Normal(0.5, 1.0), &device);
-        let beta = Tensor::<1>::random([3], Distribution::Normal(0.5, 1.0), &device);
+        let gamma = Tensor::<1>::random([c], Distribution::Normal(0.5, 1.0), &device);
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.5, 1.0), &device);
         // 0: Burn's module, 1: `forward` (fused on Flex), 2: the composed ops.
         let run = |path: usize| {
             // A fresh layer per run: clones of a module share their running statistics.
-            let mut norm = BatchNormConfig::new(3).init(&device);
+            let mut norm = BatchNormConfig::new(c).init(&device);
             norm.gamma = Param::from_tensor(gamma.clone());
             norm.beta = Param::from_tensor(beta.clone());
             let x = x.clone().require_grad();
@@ -325,8 +356,9 @@ mod tests {
                 x.grad(&grads).unwrap(),
                 g(norm.gamma.grad(&grads).unwrap()),
                 g(norm.beta.grad(&grads).unwrap()),
-                g(norm.running_mean.value().inner()),
-                g(norm.running_var.value().inner()),
+                // value_sync: `value` lags one update (the latest is kept per thread).
+                g(norm.running_mean.value_sync().inner()),
+                g(norm.running_var.value_sync().inner()),
             ]
         };
         let close = |a: Tensor<4>, b: Tensor<4>, what: String| {
@@ -337,12 +369,16 @@ mod tests {
         let burn = run(0);
         let fused = run(1);
         for (i, (a, b)) in fused.iter().zip(&burn).take(5).enumerate() {
-            close(a.clone(), b.clone(), format!("fused output {i}"));
+            close(a.clone(), b.clone(), format!("{shape:?} fused output {i}"));
         }
         let pytorch_var = (burn[5].clone() - 0.81) * (n / (n - 1.0)) + 0.81;
-        close(fused[5].clone(), pytorch_var, "running variance".into());
+        close(
+            fused[5].clone(),
+            pytorch_var,
+            format!("{shape:?} running variance"),
+        );
         for (i, (a, b)) in run(2).into_iter().zip(burn).take(4).enumerate() {
-            close(a, b, format!("composed output {i}"));
+            close(a, b, format!("{shape:?} composed output {i}"));
         }
     }
 }
