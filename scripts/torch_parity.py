@@ -12,6 +12,7 @@ into --out that tests/torch_parity.rs feeds to wgan-train's step functions and c
   critic_1.safetensors   the state after the first critic step
   iter_1.safetensors     after the first generator iteration (n_critic critic steps, 1 G step)
   iter_N.safetensors     after --iters iterations
+  (--save-all: critic_K / iter_N after every step, to find the first step that differs)
   sigmas.safetensors  "sigma": u^T W v of every spectrally normalized layer after each forward
                       of the run's first --sigma-steps critic steps, [steps * 2, layers]
 
@@ -70,8 +71,6 @@ def main():
     p.add_argument("--limit", type=int, default=256, help="images read from --data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-all", action="store_true", help="write critic_K / iter_N after every step")
-    p.add_argument("--perturb", action="store_true",
-                   help="start from the weights moved by one rounding step (after init.safetensors)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     a = p.parse_args()
     sys.path.insert(0, a.peer)
@@ -94,15 +93,6 @@ def main():
     }
     save_file({n: t.contiguous() for n, t in inputs.items()}, os.path.join(a.out, "inputs.safetensors"))
 
-    if a.perturb:
-        # Every starting weight moved by one float32 rounding step (relative 2^-24, random sign):
-        # how far the run then drifts is the rounding noise that any other float32
-        # implementation (another summation order) adds.
-        gen = torch.Generator().manual_seed(a.seed + 1)
-        with torch.no_grad():
-            for t in list(g.parameters()) + list(d.parameters()):
-                sign = torch.randint(0, 2, t.shape, generator=gen) * 2 - 1
-                t.mul_(1 + sign * 2.0 ** -24)
     dtype = getattr(torch, a.dtype)
     g, d = g.to(dtype), d.to(dtype)
     inputs = {n: t.to(dtype) for n, t in inputs.items()}
