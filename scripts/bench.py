@@ -69,7 +69,8 @@ def peer(kind, size, channels, a):
 def convs_only(size, a, target):
     """Seconds per generator iteration of the convolutions alone: (ours, PyTorch's)."""
     env = dict(os.environ, CARGO_TARGET_DIR=target, RAYON_NUM_THREADS=str(a.threads))
-    cmd = ["cargo", "bench", "--quiet", "--bench", "conv", "--", "--iteration", str(size)]
+    cmd = ["cargo", "bench", "--quiet", "--no-default-features", "--bench", "conv", "--",
+           "--iteration", str(size)]
     ours = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if ours.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed:\n{ours.stderr[-2000:]}")

@@ -3,6 +3,10 @@
 generator's state dict, which the peer itself does not keep.
 
   python3 scripts/peer_train.py OUT.pt [torch_wgan.py arguments...]
+
+With PEER_INIT=FILE.safetensors (keys "g.*" and "d.*", as `pytorch::generator_state` and
+`critic_state` name them), both networks start from those weights instead of the peer's own init;
+the peer's RNG stream (batches, noise) is the same as without it.
 """
 import os
 import sys
@@ -14,6 +18,16 @@ import torch_wgan  # noqa: E402
 
 out = sys.argv.pop(1)
 made = []
+init = os.environ.get("PEER_INIT")
+
+
+def load_init(module, prefix):
+    """Replaces `module`'s state by the `prefix`ed tensors of PEER_INIT (strict)."""
+    if init:
+        from safetensors.torch import load_file
+
+        state = {k[len(prefix):]: v for k, v in load_file(init).items() if k.startswith(prefix)}
+        module.load_state_dict(state, strict=True)
 
 
 class G(torch_wgan.G):
@@ -21,9 +35,19 @@ class G(torch_wgan.G):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        load_init(self, "g.")
         made.append(self)
 
 
+class D(torch_wgan.D):
+    """The peer's D, from PEER_INIT when given."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        load_init(self, "d.")
+
+
 torch_wgan.G = G
+torch_wgan.D = D
 torch_wgan.main()
 torch.save(made[-1].state_dict(), out)

@@ -7,9 +7,10 @@
 //! noise). Each is first written into a temporary folder beside it, which is renamed into
 //! place only once complete; the last `output.keep_checkpoints` are kept.
 
+use crate::atomic::write_atomic;
 use crate::data::BatchSampler;
+use crate::gan::Gan;
 use crate::model::{Critic, Generator};
-use crate::train::Gan;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
@@ -40,29 +41,6 @@ pub struct TrainState {
     pub fixed_noise: Vec<f32>,
     /// Training seconds before this checkpoint.
     pub elapsed_s: f64,
-}
-
-/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "cannot create a file in {}: check that it is writable and the disk is not full",
-                dir.display()
-            )
-        })?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}: is the disk full?", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot move the new {} into place", path.display()))?;
-    Ok(())
 }
 
 /// Saves `module`'s parameters and persistent state to `path` in burnpack format, atomically.
@@ -314,16 +292,6 @@ pub fn load_network<M: Module>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.bin");
-        write_atomic(&path, b"first").unwrap();
-        write_atomic(&path, b"second").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
 
     #[test]
     fn list_sorts_by_step_and_ignores_temporaries() {

@@ -359,6 +359,6 @@ pub fn write_report(entries: &[Entry], configs: &[Config], out: &Path) -> Result
         );
     }
     let path = out.join("report.md");
-    crate::checkpoint::write_atomic(&path, md.as_bytes())?;
+    crate::atomic::write_atomic(&path, md.as_bytes())?;
     Ok(path)
 }

@@ -51,7 +51,7 @@ pub fn generated_images(
     let (mut channels, mut size) = (0, 0);
     for start in (0..n).step_by(GENERATE_BATCH) {
         let count = GENERATE_BATCH.min(n - start);
-        let z = crate::train::noise(&mut rng, count, z_dim, device);
+        let z = crate::noise::noise(&mut rng, count, z_dim, device);
         let images = generator.forward(z); // [count, C, S, S]
         [_, channels, size, _] = images.dims();
         let values: Vec<f32> = images
@@ -122,8 +122,8 @@ pub fn diagnostics(
     let real = data.batch(&indices, &device);
     let fake = generator
         .valid()
-        .forward(crate::train::noise(&mut rng, n, z_dim, &device));
-    let epsilon = crate::train::epsilon(&mut rng, n, &device);
+        .forward(crate::noise::noise(&mut rng, n, z_dim, &device));
+    let epsilon = crate::noise::epsilon(&mut rng, n, &device);
     lipschitz::diagnose(&critic.valid(), real, fake, epsilon)
 }
 

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    wgan_train::backend::keep_freed_memory();
+    burn_flex_kernels::keep_freed_memory();
     wgan_train::cli::main()
 }

@@ -86,5 +86,5 @@ pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
         .filter(|l| serde_json::from_str::<Record>(l).is_ok_and(|r| r.step <= step))
         .map(|l| format!("{l}\n"))
         .collect();
-    crate::checkpoint::write_atomic(path, kept.as_bytes())
+    crate::atomic::write_atomic(path, kept.as_bytes())
 }

@@ -1,7 +1,7 @@
 //! Line plots (SVG, plotters) of a run's metrics, or of several runs overlaid: each figure has
 //! two panels, the metric against generator iterations and against training seconds.
 
-use crate::checkpoint::write_atomic;
+use crate::atomic::write_atomic;
 use crate::metrics::Record;
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;

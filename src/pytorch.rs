@@ -8,7 +8,7 @@
 //! adapter: the spectral-norm vectors `_u`, `_v` are running states here and parametrization
 //! buffers there, which a key remapping alone does not carry across.
 
-use crate::checkpoint::write_atomic;
+use crate::atomic::write_atomic;
 use crate::model::critic::{CriticConv, CriticLinear};
 use crate::model::generator::UpBlock;
 use crate::model::{Critic, Generator, SpectralNorm};

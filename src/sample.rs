@@ -1,6 +1,6 @@
 //! Sample grids: generator outputs in [-1, 1] tiled into one PNG.
 
-use crate::checkpoint::write_atomic;
+use crate::atomic::write_atomic;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use image::{DynamicImage, GrayImage, RgbImage};
@@ -104,7 +104,7 @@ pub fn write_samples(
     let mut first: Option<Tensor<4>> = None;
     for start in (0..n).step_by(BATCH) {
         let count = BATCH.min(n - start);
-        let z = crate::train::noise(&mut rng, count, z_dim, &device);
+        let z = crate::noise::noise(&mut rng, count, z_dim, &device);
         let images = generator.forward(z); // [count, C, S, S]
         if first.is_none() && with_grid {
             first = Some(images.clone().slice(0..count.min(64)));

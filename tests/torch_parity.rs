@@ -2,7 +2,7 @@
 //! starting points: `scripts/torch_parity.py` builds the peer's networks, draws every input of a
 //! short run once (real batches, noise, interpolation weights) and trains the peer on them; this
 //! test loads the same initial weights into wgan-train (`pytorch::load_*`), feeds the same inputs
-//! to `train::critic_step` / `train::generator_step`, and compares every parameter, spectral-norm
+//! to `gan::critic_step` / `gan::generator_step`, and compares every parameter, spectral-norm
 //! vector and BatchNorm statistic after one critic step, one generator iteration and 20
 //! iterations, for spectral normalization, the gradient penalty and weight clipping.
 //!
@@ -31,8 +31,8 @@ use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use wgan_train::config::Config;
+use wgan_train::gan::{CriticBatch, Gan, critic_step, generator_step};
 use wgan_train::pytorch::{Entry, critic_state, generator_state, load_critic, load_generator};
-use wgan_train::train::{CriticBatch, Gan, critic_step, generator_step};
 
 /// Ours may differ from the float32 peer by this many times the peer's own f32-vs-f64 distance.
 const NOISE_FACTOR: f32 = 20.0;
@@ -262,7 +262,7 @@ fn training_matches_pytorch_from_the_same_weights_and_inputs() {
     let Some(python) = common::torch_python() else {
         return;
     };
-    println!("CPU: {}", wgan_train::backend::simd_level());
+    println!("CPU: {}", burn_flex_kernels::simd_level());
     let mut failures = Vec::new();
     for constraint in constraints() {
         failures.extend(parity(&python, &constraint));
@@ -277,7 +277,7 @@ fn training_matches_pytorch_on_avx2_and_scalar() {
     if common::torch_python().is_none() {
         return;
     }
-    wgan_train::testing::under_emulated_cpus(
+    burn_flex_kernels::testing::under_emulated_cpus(
         "training_matches_pytorch_from_the_same_weights_and_inputs",
         &[
             ("WGAN_TRAIN_PARITY_ITERS", "2"),

@@ -1,13 +1,13 @@
 //! The critic f: n x [Conv 4x4 stride 2 pad 1, LeakyReLU 0.2], then Linear -> 1.
 //! No normalization layers, so that every constraint acts on the same function class.
 
-use super::activation::{leaky_relu, leaky_relu_backward};
-use super::conv::{conv_transpose2d, conv2d};
 use super::spectral::{SpectralNorm, SpectralOptions, as_matrix};
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn_flex_kernels::activation::{leaky_relu, leaky_relu_backward};
+use burn_flex_kernels::conv::{conv_transpose2d, conv2d};
 
 /// LeakyReLU slope of every hidden critic layer.
 pub const LEAKY_SLOPE: f64 = 0.2;

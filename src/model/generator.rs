@@ -26,7 +26,10 @@ impl UpBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(super::norm::forward(&self.norm, up_forward(&self.conv, x)))
+        relu(burn_flex_kernels::norm::forward(
+            &self.norm,
+            up_forward(&self.conv, x),
+        ))
     }
 }
 
@@ -81,7 +84,7 @@ impl Generator {
             .project
             .forward(z)
             .reshape([batch, self.base_channels, 4, 4]); // [B, C0, 4, 4]
-        let mut h = relu(super::norm::forward(&self.project_norm, h));
+        let mut h = relu(burn_flex_kernels::norm::forward(&self.project_norm, h));
         for block in &self.blocks {
             h = block.forward(h); // [B, c/2, 2h, 2w]
         }
@@ -96,7 +99,7 @@ fn up_conv(channels_in: usize, channels_out: usize, device: &Device) -> ConvTran
         .init(device)
 }
 
-/// `conv.forward(x)` through [`conv_transpose2d`](super::conv::conv_transpose2d) (batch-wide
+/// `conv.forward(x)` through [`conv_transpose2d`](burn_flex_kernels::conv::conv_transpose2d) (batch-wide
 /// kernels on Flex, Burn's own elsewhere).
 fn up_forward(conv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
     let options = ConvTransposeOptions::new(
@@ -107,5 +110,5 @@ fn up_forward(conv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
         conv.groups,
     );
     let bias = conv.bias.as_ref().map(|b| b.val());
-    super::conv::conv_transpose2d(x, conv.weight.val(), bias, options)
+    burn_flex_kernels::conv::conv_transpose2d(x, conv.weight.val(), bias, options)
 }

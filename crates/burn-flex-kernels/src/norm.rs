@@ -11,7 +11,7 @@
 //! `BatchNorm::forward` with this op in its training path on Flex (the same running-statistics
 //! update), and Burn's module everywhere else.
 
-use super::flex::{self, contiguous, tensor, values};
+use crate::flex::{self, contiguous, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -266,7 +266,7 @@ fn fused(norm: &BatchNorm, x: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
 }
 
 /// Training-mode BatchNorm with tensor ops (any backend): as [`fused`].
-fn composed(norm: &BatchNorm, x: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+pub(crate) fn composed(norm: &BatchNorm, x: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     let [_, c, _, _] = x.dims();
     let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3); // [1, C, 1, 1]
     let centered = x - mean.clone();
@@ -286,9 +286,6 @@ fn composed(norm: &BatchNorm, x: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::Param;
-    use burn::nn::BatchNormConfig;
-    use burn::tensor::Distribution;
 
     /// On Flex with autodiff, output, input/gamma/beta gradients and the running mean after two
     /// training forwards equal Burn's BatchNorm, for the fused op and the composed one; the
@@ -298,87 +295,6 @@ mod tests {
     fn matches_burn_batch_norm_training_and_pytorch_running_variance() {
         let device = Device::flex().autodiff();
         device.seed(7);
-        check([5, 3, 6, 7], &device);
-    }
-
-    /// The same on every BatchNorm input of the shipped configs' generators (the input of each
-    /// transposed convolution), at their batch sizes.
-    #[test]
-    fn every_shipped_batch_norm_shape_matches() {
-        let device = Device::flex().autodiff();
-        device.seed(8);
-        println!("CPU: {}", crate::backend::simd_level());
-        for l in crate::model::shipped::layers() {
-            if l.kind == crate::model::shipped::Kind::ConvTranspose {
-                check([l.batch, l.c_in, l.size, l.size], &device);
-            }
-        }
-    }
-
-    /// [`every_shipped_batch_norm_shape_matches`] on the AVX2 and scalar paths.
-    #[test]
-    fn shipped_batch_norm_shapes_match_on_avx2_and_scalar() {
-        crate::testing::under_emulated_cpus(
-            "model::norm::tests::every_shipped_batch_norm_shape_matches",
-            &[("WGAN_TRAIN_KERNEL_BATCH", "8")],
-        );
-    }
-
-    /// [`forward`] (fused on Flex) and [`composed`] against Burn's `BatchNorm` on `shape`:
-    /// output, input/gamma/beta gradients, running mean after two training forwards; the
-    /// running variance against PyTorch's (see the test above).
-    fn check(shape: [usize; 4], device: &Device) {
-        let n = (shape[0] * shape[2] * shape[3]) as f32;
-        let c = shape[1];
-        let device = device.clone();
-        let x = Tensor::<4>::random(shape, Distribution::Normal(1.5, 2.0), &device);
-        let weights = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let gamma = Tensor::<1>::random([c], Distribution::Normal(0.5, 1.0), &device);
-        let beta = Tensor::<1>::random([c], Distribution::Normal(0.5, 1.0), &device);
-        // 0: Burn's module, 1: `forward` (fused on Flex), 2: the composed ops.
-        let run = |path: usize| {
-            // A fresh layer per run: clones of a module share their running statistics.
-            let mut norm = BatchNormConfig::new(c).init(&device);
-            norm.gamma = Param::from_tensor(gamma.clone());
-            norm.beta = Param::from_tensor(beta.clone());
-            let x = x.clone().require_grad();
-            let out = |t: Tensor<4>| match path {
-                0 => norm.forward(t),
-                1 => forward(&norm, t),
-                _ => composed(&norm, t).0,
-            };
-            let _ = out(x.clone() * 0.5); // a first step for the running statistics
-            let y = out(x.clone());
-            let grads = (y.clone() * weights.clone()).sum().backward();
-            let g = |t: Tensor<1>| t.reshape([1, 1, 1, -1]);
-            vec![
-                y.inner(),
-                x.grad(&grads).unwrap(),
-                g(norm.gamma.grad(&grads).unwrap()),
-                g(norm.beta.grad(&grads).unwrap()),
-                // value_sync: `value` lags one update (the latest is kept per thread).
-                g(norm.running_mean.value_sync().inner()),
-                g(norm.running_var.value_sync().inner()),
-            ]
-        };
-        let close = |a: Tensor<4>, b: Tensor<4>, what: String| {
-            let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
-            let err = (a - b).abs().max().into_scalar::<f32>();
-            assert!(err < 1e-5 * scale, "{what}: {err}");
-        };
-        let burn = run(0);
-        let fused = run(1);
-        for (i, (a, b)) in fused.iter().zip(&burn).take(5).enumerate() {
-            close(a.clone(), b.clone(), format!("{shape:?} fused output {i}"));
-        }
-        let pytorch_var = (burn[5].clone() - 0.81) * (n / (n - 1.0)) + 0.81;
-        close(
-            fused[5].clone(),
-            pytorch_var,
-            format!("{shape:?} running variance"),
-        );
-        for (i, (a, b)) in run(2).into_iter().zip(burn).take(4).enumerate() {
-            close(a, b, format!("{shape:?} composed output {i}"));
-        }
+        crate::testing::check_batch_norm([5, 3, 6, 7], &device);
     }
 }

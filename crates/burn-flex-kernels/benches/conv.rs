@@ -1,7 +1,7 @@
 //! Side-by-side timing of the DCGAN layers' convolutions on Flex: Burn's own `conv2d` /
-//! `conv_transpose2d` against this crate's batch-wide kernels (`wgan_train::model::conv`),
+//! `conv_transpose2d` against this crate's batch-wide kernels (`burn_flex_kernels::conv`),
 //! forward and backward (input and kernel gradients), median of 5 after one warm-up; then the
-//! convolutions of one whole generator iteration of the trainer at 32x32 and 64x64, nothing else.
+//! convolutions of one whole generator iteration of wgan-train's DCGAN at 32x32 and 64x64, nothing else.
 //!
 //!     RAYON_NUM_THREADS=2 cargo bench --bench conv
 //!     RAYON_NUM_THREADS=2 cargo bench --bench conv -- --iteration 64   # ours only, one JSON line
@@ -13,8 +13,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::relu;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn_flex_kernels::{activation, conv};
 use std::time::Instant;
-use wgan_train::model::{activation, conv};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -87,7 +87,7 @@ fn dcgan_layers(size: usize, device: &Device) -> (Vec<Layer>, Vec<Layer>, usize)
         let w = Tensor::<4>::random(shape, normal, device).require_grad();
         (w, Tensor::<1>::zeros([out], device).require_grad())
     };
-    let n = wgan_train::model::depth(size);
+    let n = (size / 4).trailing_zeros() as usize; // stride-2 stages from 4x4
     let widths: Vec<usize> = std::iter::once(3).chain((0..n).map(|i| 64 << i)).collect();
     let critic = widths
         .windows(2)
@@ -167,8 +167,8 @@ fn iteration(ours: bool, size: usize, device: &Device) -> impl FnMut() {
 }
 
 fn main() {
-    // As the binary does: freed tensor buffers stay in the heap.
-    wgan_train::backend::keep_freed_memory();
+    // As wgan-train's binary does: freed tensor buffers stay in the heap.
+    burn_flex_kernels::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--iteration") {
         let size = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(64);

@@ -22,7 +22,7 @@
 //! Written by hand: no maintained crate offers batched convolutions with their gradients on
 //! host slices; the matrix products are the `gemm` crate's (the one Flex uses).
 
-use super::flex::{self, contiguous, tensor, values};
+use crate::flex::{self, contiguous, tensor, values};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -60,12 +60,12 @@ pub struct Geometry {
 
 impl Geometry {
     /// Rows of the column matrix, `c_in * k * k`.
-    fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.c_in * self.k * self.k
     }
 
     /// Output positions per image, `oh * ow`.
-    fn positions(&self) -> usize {
+    pub(crate) fn positions(&self) -> usize {
         self.oh * self.ow
     }
 
@@ -634,7 +634,7 @@ fn matmul_long(
 }
 
 /// The geometry of `x [B, c_in, h, w]` convolved with `w [c_out, c_in, k, k]`.
-fn conv_geometry(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize) -> Geometry {
+pub(crate) fn conv_geometry(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize) -> Geometry {
     let [batch, c_in, h, wd] = x;
     let [c_out, _, k, _] = w;
     Geometry {
@@ -880,7 +880,12 @@ where
 
 /// Whether the batch-wide kernels apply: f32 tensors on Flex, a square kernel, equal strides
 /// and paddings, no dilation, no groups.
-fn gemm_path(x: &Tensor<4>, weight: &Tensor<4>, stride: [usize; 2], pad: [usize; 2]) -> bool {
+pub(crate) fn gemm_path(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    stride: [usize; 2],
+    pad: [usize; 2],
+) -> bool {
     let [.., kh, kw] = weight.dims();
     flex::applies(x)
         && flex::applies(weight)
@@ -950,7 +955,6 @@ pub fn conv_transpose2d(
 mod tests {
     use super::*;
     use crate::testing::max_abs_diff;
-    use burn::tensor::Distribution;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -1025,7 +1029,7 @@ mod tests {
 
     #[test]
     fn forward_equals_the_definition() {
-        println!("CPU: {}", crate::backend::simd_level());
+        println!("CPU: {}", crate::simd_level());
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for g in geometries() {
             let x = random(g.batch * g.c_in * g.h * g.w, &mut rng);
@@ -1043,7 +1047,7 @@ mod tests {
     /// <dy, conv(x, w)> = <backward_data(dy, w), x> = <backward_weight(x, dy), w>.
     #[test]
     fn gradients_are_the_adjoints_of_the_forward_convolution() {
-        println!("CPU: {}", crate::backend::simd_level());
+        println!("CPU: {}", crate::simd_level());
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         for g in geometries() {
             let x = random(g.batch * g.c_in * g.h * g.w, &mut rng);
@@ -1064,25 +1068,6 @@ mod tests {
         }
     }
 
-    fn close(a: &Tensor<4>, b: &Tensor<4>, what: &str) {
-        close_within(a, b, what, 1e-5);
-    }
-
-    fn close_within(a: &Tensor<4>, b: &Tensor<4>, what: &str, tolerance: f32) {
-        let scale = b.clone().abs().max().into_scalar::<f32>().max(1.0);
-        let err = (a.clone() - b.clone()).abs().max().into_scalar::<f32>();
-        assert!(err < tolerance * scale, "{what}: {err} (scale {scale})");
-    }
-
-    /// A bias gradient, a float32 sum over `terms` values on each side: its rounding grows
-    /// as sqrt(terms) (measured: 1.2e-5 of the scale over the 65,536 of a batch of 64 32x32
-    /// images), so the tolerance does too, from 1e-5 at 256 terms.
-    fn close1(a: Tensor<1>, b: Tensor<1>, what: &str, terms: usize) {
-        let tolerance = 1e-5 * (terms as f32 / 256.0).sqrt().max(1.0);
-        let (a, b) = (a.reshape([1, 1, 1, -1]), b.reshape([1, 1, 1, -1]));
-        close_within(&a, &b, what, tolerance);
-    }
-
     /// On Flex with autodiff, [`conv2d`] and [`conv_transpose2d`] give Burn's own values and
     /// gradients (input, kernel, bias), at first order and through an input gradient
     /// differentiated again (the gradient penalty's pattern).
@@ -1091,120 +1076,14 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(3);
         for g in geometries().take(7) {
-            check_against_burn(&g, &device);
-        }
-    }
-
-    /// [`conv2d`] with geometry `g` and [`conv_transpose2d`] with its adjoint shape (`dy` of
-    /// the convolution's output shape to its input shape) against Burn's own ops: values and
-    /// every gradient (input, kernel, bias), through a loss that reaches each input.
-    fn check_against_burn(g: &Geometry, device: &Device) {
-        let normal = Distribution::Normal(0.0, 1.0);
-        let x = Tensor::<4>::random([g.batch, g.c_in, g.h, g.w], normal, device);
-        let w = Tensor::<4>::random([g.c_out, g.c_in, g.k, g.k], normal, device);
-        let b = Tensor::<1>::random([g.c_out], normal, device);
-        let dy = Tensor::<4>::random([g.batch, g.c_out, g.oh, g.ow], normal, device);
-        let options = ConvOptions::new([g.stride; 2], [g.pad; 2], [1, 1], 1);
-        let out_pad = [g.h, g.w].map(|i| (i + 2 * g.pad - g.k) % g.stride);
-        let t_options = ConvTransposeOptions::new([g.stride; 2], [g.pad; 2], out_pad, [1, 1], 1);
-        let tb = Tensor::<1>::random([g.c_in], normal, device);
-        assert!(
-            gemm_path(&x, &w, options.stride, [g.pad; 2]),
-            "takes the gemm path"
-        );
-        let run = |ours: bool| {
-            let (x, w, b, dy, tb) = (
-                x.clone().require_grad(),
-                w.clone().require_grad(),
-                b.clone().require_grad(),
-                dy.clone().require_grad(),
-                tb.clone().require_grad(),
+            crate::testing::check_conv(
+                [g.batch, g.c_in, g.h, g.w],
+                [g.c_out, g.c_in, g.k, g.k],
+                g.stride,
+                g.pad,
+                &device,
             );
-            let (y, t) = if ours {
-                let y = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
-                let t =
-                    conv_transpose2d(dy.clone(), w.clone(), Some(tb.clone()), t_options.clone());
-                (y, t)
-            } else {
-                let y = burn::tensor::module::conv2d(
-                    x.clone(),
-                    w.clone(),
-                    Some(b.clone()),
-                    options.clone(),
-                );
-                let t = burn::tensor::module::conv_transpose2d(
-                    dy.clone(),
-                    w.clone(),
-                    Some(tb.clone()),
-                    t_options.clone(),
-                );
-                (y, t)
-            };
-            // A loss reaching every input, with t's shape equal to x's.
-            let loss = (y.clone() * y.clone()).sum() + (t.clone() * x.clone().sin()).sum();
-            let grads = loss.backward();
-            (
-                y,
-                t,
-                x.grad(&grads).unwrap(),
-                w.grad(&grads).unwrap(),
-                b.grad(&grads).unwrap(),
-                dy.grad(&grads).unwrap(),
-                tb.grad(&grads).unwrap(),
-            )
-        };
-        let (ours, burn) = (run(true), run(false));
-        close(&ours.0, &burn.0, &format!("{g:?} conv2d"));
-        close(&ours.1, &burn.1, &format!("{g:?} conv_transpose2d"));
-        close(&ours.2, &burn.2, &format!("{g:?} d/dx"));
-        close(&ours.3, &burn.3, &format!("{g:?} d/dw"));
-        close1(
-            ours.4,
-            burn.4,
-            &format!("{g:?} d/db"),
-            g.batch * g.positions(),
-        );
-        close(&ours.5, &burn.5, &format!("{g:?} d/ddy"));
-        close1(
-            ours.6,
-            burn.6,
-            &format!("{g:?} d/dbias_t"),
-            g.batch * g.h * g.w,
-        );
-    }
-
-    /// Every convolution that a shipped config (`configs/**/*.toml`) builds: the critic's
-    /// convolutions and the generator's transposed ones (as the adjoint geometry), at the
-    /// config's batch size and twice it, through [`check_against_burn`].
-    #[test]
-    fn every_shipped_layer_shape_matches_burn() {
-        let device = Device::flex().autodiff();
-        device.seed(4);
-        println!("CPU: {}", crate::backend::simd_level());
-        for g in shipped_geometries() {
-            check_against_burn(&g, &device);
         }
-    }
-
-    /// The distinct convolution geometries of the shipped configs at the batches to check:
-    /// the critic's convolutions, and the generator's transposed ones as the convolution
-    /// whose adjoint they are (ConvT c_in -> c_out from s to 2s: a conv c_out -> c_in on 2s).
-    fn shipped_geometries() -> Vec<Geometry> {
-        let mut out: Vec<Geometry> = Vec::new();
-        for layer in crate::model::shipped::layers() {
-            let (c_in, c_out, s) = match layer.kind {
-                crate::model::shipped::Kind::Conv => (layer.c_in, layer.c_out, layer.size),
-                crate::model::shipped::Kind::ConvTranspose => {
-                    (layer.c_out, layer.c_in, 2 * layer.size)
-                }
-            };
-            let g = conv_geometry([layer.batch, c_in, s, s], [c_out, c_in, 4, 4], 2, 1);
-            if !out.contains(&g) {
-                out.push(g);
-            }
-        }
-        assert!(out.len() >= 7, "{} geometries", out.len());
-        out
     }
 
     /// The kernels against the definition and the adjoint identities (f64 truth, including a
@@ -1216,8 +1095,8 @@ mod tests {
     #[test]
     fn kernels_match_the_definition_on_avx2_and_scalar() {
         for name in [
-            "model::conv::tests::forward_equals_the_definition",
-            "model::conv::tests::gradients_are_the_adjoints_of_the_forward_convolution",
+            "conv::tests::forward_equals_the_definition",
+            "conv::tests::gradients_are_the_adjoints_of_the_forward_convolution",
         ] {
             crate::testing::under_emulated_cpus(name, &[]);
         }

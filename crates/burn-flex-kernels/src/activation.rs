@@ -8,7 +8,7 @@
 //! x > 0, so the backward keeps y, which the next layer holds anyway). [`leaky_relu`] takes this
 //! path on Flex with f32 and Burn's own op elsewhere.
 
-use super::flex::{self, contiguous, tensor, values};
+use crate::flex::{self, contiguous, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -154,53 +154,7 @@ mod tests {
     fn matches_burn_leaky_relu_values_and_gradients() {
         let device = Device::flex().autodiff();
         device.seed(4);
-        check([3, 5, 7, 9], &device);
-    }
-
-    /// The same on every critic activation of the shipped configs (each convolution's
-    /// output), at their batch sizes.
-    #[test]
-    fn every_shipped_activation_shape_matches_burn() {
-        let device = Device::flex().autodiff();
-        device.seed(6);
-        println!("CPU: {}", crate::backend::simd_level());
-        for l in crate::model::shipped::layers() {
-            if l.kind == crate::model::shipped::Kind::Conv {
-                check([l.batch, l.c_out, l.size / 2, l.size / 2], &device);
-            }
-        }
-    }
-
-    /// [`every_shipped_activation_shape_matches_burn`] on the AVX2 and scalar paths.
-    #[test]
-    fn shipped_activation_shapes_match_on_avx2_and_scalar() {
-        crate::testing::under_emulated_cpus(
-            "model::activation::tests::every_shipped_activation_shape_matches_burn",
-            &[("WGAN_TRAIN_KERNEL_BATCH", "8")],
-        );
-    }
-
-    /// [`leaky_relu`] against Burn's on a random `shape`: values and the gradient of a loss
-    /// that uses the activation twice.
-    fn check(shape: [usize; 4], device: &Device) {
-        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
-        assert!(x.clone().lower_elem(0.0).any().into_scalar::<bool>());
-        let run = |ours: bool| {
-            let x = x.clone().require_grad();
-            let y = if ours {
-                leaky_relu(x.clone(), 0.2)
-            } else {
-                burn::tensor::activation::leaky_relu(x.clone(), 0.2)
-            };
-            let loss = (y.clone() * y.clone().cos()).sum();
-            let grad = x.grad(&loss.backward()).unwrap();
-            (y.inner(), grad)
-        };
-        let ((y, gy), (z, gz)) = (run(true), run(false));
-        y.into_data()
-            .assert_approx_eq::<f32>(&z.into_data(), Default::default());
-        gy.into_data()
-            .assert_approx_eq::<f32>(&gz.into_data(), Default::default());
+        crate::testing::check_leaky_relu([3, 5, 7, 9], &device);
     }
 
     /// `leaky_relu_backward(a, dy)` equals `dy * leaky_relu'(a)` written with Burn's ops, in
