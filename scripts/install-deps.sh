@@ -6,7 +6,8 @@
 #    (part of `cargo test`) run for real on a machine without a GPU. Optional: a failed
 #    install only warns;
 #  - qemu-user, whose CPU models (Haswell: AVX2 without AVX-512; Nehalem: no AVX) force the
-#    gemm crate's AVX2 and scalar kernels in tests/simd_paths.rs on any x86-64 machine.
+#    gemm crate's AVX2 and scalar kernels (crates/burn-flex-kernels, tests/kernels.rs,
+#    tests/torch_parity.rs) on any x86-64 machine.
 #    Optional too: without it those runs are skipped with a line saying why (not under CI).
 set -euo pipefail
 command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (rustup.rs)" >&2; exit 1; }

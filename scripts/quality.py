@@ -15,6 +15,11 @@ the peer's `G`, and both sample --samples images in inference mode from the same
   white  pixels that are white (>= 200 of 255) in every sample: a stuck-pixel artifact; the data
          has none
 
+Trainers: `ours` (this binary), `peer` (the peer as it is), `peer-init` (the peer started from
+the networks our run of the same config and seed starts from: `examples/init_state.rs` writes
+them, `PEER_INIT` loads them; the peer's own batches and noise). `peer-init` against `peer` tells
+whether an outcome comes from the initial weights or from the training.
+
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
 <work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh) and a release build.
 
@@ -40,6 +45,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(ROOT, "..", "shared", "peer")
 FMNIST = "/usr/share/datasets/fashion-mnist"
 CACHE = os.path.expanduser("~/.cache/wgan-train")
+# The cargo target folder that .ci/run and the README's commands use.
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(CACHE, "target"))
 
 # The peer's settings per constraint: (config, --set overrides that make ours equal to it).
 SETTINGS = {
@@ -174,11 +181,19 @@ def sample_peer_g(g, n, seed):
         return torch.cat([g(torch.randn(min(500, n - i), 128, generator=gen)) for i in range(0, n, 500)])
 
 
-def run(cmd, log):
+def run(cmd, log, env=None):
     t0 = time.time()
     with open(log, "w") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env=env)
     return time.time() - t0
+
+
+def init_state(config, seed, out):
+    """Writes the networks our run of `config` with `seed` starts from (examples/init_state.rs)."""
+    subprocess.run(["cargo", "run", "--quiet", "--release", "--no-default-features", "--example",
+                    "init_state", "--", os.path.join(ROOT, config), str(seed), out],
+                   cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=TARGET))
+    return out
 
 
 def main():
@@ -186,13 +201,13 @@ def main():
     p.add_argument("--iters", type=int, default=400)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--constraints", nargs="+", default=["sn"], choices=list(SETTINGS))
-    p.add_argument("--trainers", nargs="+", default=["ours", "peer"], choices=["ours", "peer"])
+    p.add_argument("--trainers", nargs="+", default=["ours", "peer"],
+                   choices=["ours", "peer", "peer-init"])
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--images", type=int, default=10000, help="training images (first N)")
     p.add_argument("--data", default=None, help="image folder instead of Fashion-MNIST")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--binary", default=os.path.join(
-        os.environ.get("CARGO_TARGET_DIR", os.path.join(CACHE, "target")), "release", "wgan-train"))
+    p.add_argument("--binary", default=os.path.join(TARGET, "release", "wgan-train"))
     p.add_argument("--set", action="append", default=[], help="extra --set for ours")
     p.add_argument("--work", default=os.path.join(ROOT, "runs", "quality"))
     a = p.parse_args()
@@ -237,7 +252,11 @@ def main():
                            "--data", data, "--size", "32", "--channels", "1",
                            "--constraint", c, "--iters", str(a.iters), "--warmup", "0",
                            "--seed", str(seed), "--threads", str(a.threads)]
-                    secs = run(cmd, run_dir + ".log")
+                    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+                    env.pop("PEER_INIT", None)
+                    if trainer == "peer-init":
+                        env["PEER_INIT"] = init_state(config, seed, run_dir + ".init.safetensors")
+                    secs = run(cmd, run_dir + ".log", env)
                     g.load_state_dict(torch.load(pt))
                 row = {"trainer": trainer, "constraint": c, "iters": a.iters, "seed": seed,
                        "seconds": round(secs, 1), **score(net, real_feats, sample_peer_g(g, a.samples, seed))}

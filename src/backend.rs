@@ -29,6 +29,27 @@ impl Backend {
             Self::Wgpu => gpu::device(adapter),
         }
     }
+
+    /// The name `--backend` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flex => "flex",
+            Self::Ndarray => "ndarray",
+            Self::Wgpu => "wgpu",
+        }
+    }
+}
+
+/// The GPU adapters wgpu sees, as `name (type)`, in the order `--device` indexes them (none in
+/// a build without wgpu).
+pub fn adapters() -> Vec<String> {
+    #[cfg(feature = "wgpu")]
+    return gpu::adapters()
+        .into_iter()
+        .map(|(name, ty)| format!("{name} ({ty:?})"))
+        .collect();
+    #[cfg(not(feature = "wgpu"))]
+    Vec::new()
 }
 
 #[cfg(feature = "wgpu")]

@@ -82,6 +82,23 @@ pub enum Command {
     /// Train several configs with the same seed, data and budget, and write report.md with a
     /// table, overlaid plots and the final grids side by side.
     Compare(CompareArgs),
+    /// List the GPU adapters that wgpu sees, with the index --device takes.
+    Adapters,
+    /// Check a backend against the CPU: one critic and one generator step of a tiny GAN per
+    /// constraint (sn, gp, clip) from identical weights and inputs on --backend and on Flex;
+    /// prints how far every parameter ended apart and fails above the tolerance.
+    Parity(ParityArgs),
+}
+
+/// Flags of `parity`.
+#[derive(Debug, Args)]
+pub struct ParityArgs {
+    /// The backend to check against Flex (default: wgpu).
+    #[arg(long, value_enum, default_value_t = Backend::Wgpu)]
+    pub backend: Backend,
+    /// GPU adapter for --backend wgpu.
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
 }
 
 /// Flags of `inspect`.
@@ -216,8 +233,55 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Inspect(args)) => inspect_command(args),
         Some(Command::Eval(args)) => eval_command(args),
         Some(Command::Compare(args)) => compare_command(args),
+        Some(Command::Adapters) => adapters_command(),
+        Some(Command::Parity(args)) => parity_command(args),
         None => train_command(cli.train),
     }
+}
+
+fn adapters_command() -> Result<ExitCode> {
+    let found = backend::adapters();
+    if found.is_empty() {
+        println!("no wgpu adapter found (a build without wgpu, or no Vulkan/Metal/DX12 driver)");
+    }
+    for (i, name) in found.iter().enumerate() {
+        println!("{i}: {name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parity_command(args: ParityArgs) -> Result<ExitCode> {
+    backend::check_adapter(args.backend, args.device)?;
+    let device = args.backend.device(args.device)?.autodiff();
+    let cpu = burn::prelude::Device::flex().autodiff();
+    println!(
+        "one critic step and one generator step (SGD lr 1e-2), {} against flex; tolerance {:e}",
+        args.backend.name(),
+        crate::parity::TOLERANCE
+    );
+    println!("kind              critic loss diff  critic max diff  generator max diff  verdict");
+    let mut all = true;
+    for kind in ["spectral_norm", "gradient_penalty", "weight_clipping"] {
+        let p = crate::parity::step_parity(&crate::parity::tiny_config(kind), &cpu, &device, 3);
+        let ok = p.holds();
+        all &= ok;
+        println!(
+            "{kind:17} {:16.2e} {:16.2e} {:19.2e}  {}",
+            (p.critic_loss.0 - p.critic_loss.1).abs(),
+            p.critic,
+            p.generator,
+            if ok { "ok" } else { "DIFFERS" }
+        );
+    }
+    Ok(if all {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: {} differs from flex beyond the tolerance",
+            args.backend.name()
+        );
+        ExitCode::FAILURE
+    })
 }
 
 fn train_command(args: TrainArgs) -> Result<ExitCode> {

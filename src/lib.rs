@@ -12,7 +12,8 @@
 //!   updates of an iteration);
 //! - what a run writes and reads: [`checkpoint`], [`pytorch`] (state dicts), [`sample`],
 //!   [`metrics`], [`plot`], [`eval`];
-//! - the run: [`train`] (the loop), [`compare`] (several runs side by side), [`cli`].
+//! - the run: [`train`] (the loop), [`compare`] (several runs side by side), [`parity`] (one
+//!   step on two backends), [`cli`].
 
 pub mod atomic;
 pub mod backend;
@@ -28,6 +29,7 @@ pub mod lipschitz;
 pub mod metrics;
 pub mod model;
 pub mod noise;
+pub mod parity;
 pub mod plot;
 pub mod pytorch;
 pub mod sample;

@@ -168,3 +168,26 @@ fn device_picks_an_adapter_by_index_and_names_the_ones_there_are() {
     ]));
     assert_clean_failure(&out, &err, &["--device 99 does not exist", "0: "]);
 }
+
+#[test]
+fn adapters_lists_what_device_indexes_and_parity_passes_on_the_adapter() {
+    if skip() {
+        return;
+    }
+    let out = binary().arg("adapters").output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && listed.starts_with("0: "), "{listed}");
+    let out = binary().args(["parity", "--device", "0"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{table}");
+    for kind in ["spectral_norm", "gradient_penalty", "weight_clipping"] {
+        let row = table.lines().find(|l| l.starts_with(kind)).expect(kind);
+        assert!(row.ends_with("ok"), "{row}");
+    }
+    // Without a driver: one clear line, no panic.
+    let (out, err) = run(binary()
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .arg("parity"));
+    assert_clean_failure(&out, &err, &["no GPU/Vulkan adapter found"]);
+}
