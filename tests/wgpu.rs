@@ -176,7 +176,10 @@ fn adapters_lists_what_device_indexes_and_parity_passes_on_the_adapter() {
     }
     let out = binary().arg("adapters").output().unwrap();
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success() && listed.starts_with("0: "), "{listed}");
+    assert!(
+        out.status.success() && listed.starts_with("0: "),
+        "{listed}"
+    );
     let out = binary().args(["parity", "--device", "0"]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{table}");
