@@ -6,6 +6,7 @@
 #
 # Steps (each under its own time limit; a failed step is listed and the script goes on, so one
 # run always ends with a table and the list of what failed):
+#   python    torch (PyPI's CUDA wheel), numpy, pillow: scripts/setup-python.sh when missing
 #   vulkan    the Vulkan loader (libvulkan.so.1; apt-get where the network allows, else .deb files
 #             carried in .gl/), and the driver: NVIDIA's nvidia_icd.json comes with the NVIDIA
 #             driver, not from Debian's packages, and is looked for in the usual places
@@ -44,7 +45,11 @@ mkdir -p "$OUT" "$OUT/xdg" && chmod 700 "$OUT/xdg"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$OUT/xdg}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wgan-train/target}"
 PYTHON="${WGAN_TRAIN_PYTHON:-$HOME/.cache/wgan-train/venv/bin/python}"
-[ -x "$PYTHON" ] || PYTHON=python3
+if ! "$PYTHON" -c "import torch, numpy, PIL" 2>/dev/null; then
+  # PyPI's Linux torch wheel is the CUDA build: the venv of the PyTorch comparisons serves.
+  echo "== python: torch, numpy, pillow missing: scripts/setup-python.sh (at most 900 s)"
+  PYTHON="$(timeout 900 scripts/setup-python.sh | tail -n 1)" || PYTHON=python3
+fi
 FAILED=()
 if [ "$DRY" = 1 ]; then
   SIZE=32; WIDTH=8; BATCH=16; ITERS="${ITERS:-3}"; TORCH_DEVICE=cpu; PROFILE=debug
