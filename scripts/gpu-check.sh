@@ -157,7 +157,8 @@ ours() {
 
 peer() {
   local kind="$1"
-  peak_gpu_mib "$OUT/torch-$kind" "$PYTHON" ../shared/peer/torch_wgan.py --data "$DATA" --size $SIZE \
+  # PASSIVE: PyTorch's OpenMP threads sleep instead of spinning when the CPU is shared.
+  OMP_WAIT_POLICY=PASSIVE peak_gpu_mib "$OUT/torch-$kind" "$PYTHON" ../shared/peer/torch_wgan.py --data "$DATA" --size $SIZE \
     --channels 3 --constraint "$kind" --iters "$ITERS" --warmup 2 --batch $BATCH --n-critic 5 \
     --threads "$(nproc)" --device $TORCH_DEVICE
 }
