@@ -262,7 +262,7 @@ fn parity_command(args: ParityArgs) -> Result<ExitCode> {
     println!("kind              critic loss diff  critic max diff  generator max diff  verdict");
     let mut all = true;
     for kind in ["spectral_norm", "gradient_penalty", "weight_clipping"] {
-        let p = crate::parity::step_parity(&crate::parity::tiny_config(kind), &cpu, &device, 3);
+        let p = crate::parity::step_parity(&Config::tiny(kind), &cpu, &device, 3);
         let ok = p.holds();
         all &= ok;
         println!(

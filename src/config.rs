@@ -317,6 +317,15 @@ impl Config {
             .with_context(|| format!("invalid config {}", path.display()))
     }
 
+    /// A tiny GAN with constraint `kind` (32x32x1, widths 4, z 8, otherwise the defaults): what
+    /// `wgan-train parity` and the step tests train.
+    pub fn tiny(kind: &str) -> Self {
+        let text = format!(
+            "[data]\nimage_size = 32\nchannels = 1\n[model]\nz_dim = 8\ng_width = 4\nd_width = 4\n[constraint]\nkind = \"{kind}\"\n"
+        );
+        Self::from_toml(&text, &[]).expect("a valid tiny config")
+    }
+
     /// Parses TOML text, applies `overrides` and validates.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {

@@ -148,34 +148,13 @@ pub fn generator_step(gan: &mut Gan, z: Tensor<2>, lr: f64) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::float_values as params;
     use crate::noise::{epsilon, noise};
-    use burn::module::Module;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
     fn scalar(t: Tensor<1>) -> f64 {
         t.into_scalar::<f32>() as f64
-    }
-
-    fn tiny_config(kind: &str) -> Config {
-        let text = format!(
-            "[data]\nimage_size = 32\nchannels = 1\n[model]\nz_dim = 8\ng_width = 4\nd_width = 4\n[constraint]\nkind = \"{kind}\"\n"
-        );
-        Config::from_toml(&text, &[]).unwrap()
-    }
-
-    /// Every float parameter and state value of `module`, one vector per tensor.
-    fn params<M: Module>(module: &M) -> Vec<Vec<f32>> {
-        struct Collect(Vec<Vec<f32>>);
-        impl burn::module::ModuleVisitor for Collect {
-            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-                self.0
-                    .push(p.val().into_data().convert::<f32>().try_to_vec().unwrap());
-            }
-        }
-        let mut c = Collect(Vec::new());
-        module.visit(&mut c);
-        c.0
     }
 
     fn batch(device: &Device, rng: &mut ChaCha8Rng) -> CriticBatch {
@@ -198,7 +177,7 @@ mod tests {
     fn critic_step_moves_only_the_critic_and_generator_step_only_the_generator() {
         for kind in KINDS {
             let device = Device::flex().autodiff();
-            let mut gan = Gan::new(&tiny_config(kind), &device);
+            let mut gan = Gan::new(&Config::tiny(kind), &device);
             let mut rng = ChaCha8Rng::seed_from_u64(0);
             for _ in 0..2 {
                 let (g0, d0) = (params(&gan.generator), params(&gan.critic));
@@ -220,7 +199,7 @@ mod tests {
     fn the_loss_is_the_penalty_minus_the_wasserstein_estimate_and_falls_on_a_fixed_batch() {
         for kind in KINDS {
             let device = Device::flex().autodiff();
-            let mut gan = Gan::new(&tiny_config(kind), &device);
+            let mut gan = Gan::new(&Config::tiny(kind), &device);
             let mut rng = ChaCha8Rng::seed_from_u64(1);
             let fixed = batch(&device, &mut rng);
             let mut losses = Vec::new();
@@ -273,7 +252,7 @@ mod tests {
     fn the_two_graph_generator_step_equals_one_graph_backpropagation() {
         let device = Device::flex().autodiff();
         for kind in ["spectral_norm", "none"] {
-            let config = tiny_config(kind);
+            let config = Config::tiny(kind);
             let mut a = Gan::new(&config, &device);
             let mut b = Gan::new(&config, &device);
             b.generator = b.generator.load_record(a.generator.clone().into_record());

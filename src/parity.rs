@@ -4,9 +4,11 @@
 
 use crate::config::Config;
 use crate::gan::{CriticBatch, Gan, critic_step, generator_step};
+use crate::model::float_values;
 use crate::noise::{epsilon, noise};
 use burn::module::Module;
 use burn::prelude::*;
+use burn_flex_kernels::testing::max_abs_diff;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -36,14 +38,6 @@ impl StepParity {
             && self.critic <= TOLERANCE
             && self.generator <= TOLERANCE
     }
-}
-
-/// A tiny GAN of `kind` (32x32x1, widths 4, z 8) for parity checks.
-pub fn tiny_config(kind: &str) -> Config {
-    let text = format!(
-        "[data]\nimage_size = 32\nchannels = 1\n[model]\nz_dim = 8\ng_width = 4\nd_width = 4\n[constraint]\nkind = \"{kind}\"\n"
-    );
-    Config::from_toml(&text, &[]).expect("a valid tiny config")
 }
 
 /// One critic and one generator step of `config`'s GAN (batch 4, SGD lr 1e-2) on devices `a`
@@ -103,24 +97,7 @@ fn scalar(t: Tensor<1>) -> f64 {
 
 /// Every float parameter and state value of `module`, concatenated.
 fn flat<M: Module>(module: &M) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl burn::module::ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-            let v = p.val().into_data().convert::<f32>();
-            self.0.extend(v.try_to_vec::<f32>().expect("f32 values"));
-        }
-    }
-    let mut c = Collect(Vec::new());
-    module.visit(&mut c);
-    c.0
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "the two GANs have the same parameters");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    float_values(module).concat()
 }
 
 #[cfg(test)]
@@ -133,7 +110,7 @@ mod tests {
     #[allow(deprecated)] // ndarray is the other CPU backend
     fn the_cpu_backends_agree_and_a_difference_is_caught() {
         let (flex, ndarray) = (Device::flex().autodiff(), Device::ndarray().autodiff());
-        let config = tiny_config("spectral_norm");
+        let config = Config::tiny("spectral_norm");
         let p = step_parity(&config, &flex, &ndarray, 3);
         assert!(p.holds(), "{p:?}");
         let q = step_parity(&config, &flex, &flex, 3);
@@ -170,7 +147,7 @@ mod wgpu {
         let gpu = Backend::Wgpu.device(None).unwrap().autodiff();
         for cpu in [Device::ndarray().autodiff(), Device::flex().autodiff()] {
             for kind in ["spectral_norm", "gradient_penalty", "weight_clipping"] {
-                let p = step_parity(&tiny_config(kind), &cpu, &gpu, 3);
+                let p = step_parity(&Config::tiny(kind), &cpu, &gpu, 3);
                 assert!(p.holds(), "{kind}: {p:?}");
             }
         }

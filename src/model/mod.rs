@@ -34,3 +34,18 @@ pub fn initialize_params<M: burn::module::Module>(module: &M) {
     }
     module.visit(&mut Touch);
 }
+
+/// Every float parameter and state value of `module` (spectral-norm u, v and BatchNorm
+/// statistics included), one vector per tensor, in visit order.
+pub fn float_values<M: burn::module::Module>(module: &M) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::Tensor<D>>) {
+            let values = p.val().into_data().convert::<f32>();
+            self.0.push(values.try_to_vec().expect("f32 values"));
+        }
+    }
+    let mut c = Collect(Vec::new());
+    module.visit(&mut c);
+    c.0
+}
