@@ -3,7 +3,8 @@
 //!
 //! `RUN/checkpoints/step_NNNNNN/` holds `generator.bpk`, `critic.bpk` (Burn's burnpack format,
 //! with every spectral-norm u, v and the BatchNorm running statistics), `optim_g.bpk`,
-//! `optim_d.bpk` (optimizer state) and `state.json` (iteration, data order, RNG, fixed sample
+//! `optim_d.bpk` (optimizer state), `generator_ema.bpk` (the moving average of G, when
+//! `train.ema_decay > 0`) and `state.json` (iteration, data order, RNG, fixed sample
 //! noise). Each is first written into a temporary folder beside it, which is renamed into
 //! place only once complete; the last `output.keep_checkpoints` are kept.
 
@@ -22,6 +23,9 @@ use std::path::{Path, PathBuf};
 
 /// The folder of a run that holds its checkpoints.
 pub const CHECKPOINTS: &str = "checkpoints";
+
+/// The moving average of the generator in a checkpoint folder.
+pub const EMA_FILE: &str = "generator_ema.bpk";
 
 /// Version of the checkpoint layout, checked on loading.
 pub const FORMAT_VERSION: u32 = 1;
@@ -108,12 +112,15 @@ pub fn save(run_dir: &Path, gan: &Gan, state: &TrainState, keep: usize) -> Resul
                 root.display()
             )
         })?;
-    let files: [(&str, Bytes); 4] = [
+    let mut files: Vec<(&str, Bytes)> = vec![
         ("generator.bpk", module_bytes(&gan.generator, &root)?),
         ("critic.bpk", module_bytes(&gan.critic, &root)?),
         ("optim_g.bpk", optimizer_bytes(&gan.optim_g)?),
         ("optim_d.bpk", optimizer_bytes(&gan.optim_d)?),
     ];
+    if let Some(ema) = &gan.ema {
+        files.push((EMA_FILE, module_bytes(ema, &root)?));
+    }
     for (name, bytes) in files {
         write_synced(&tmp.path().join(name), &bytes)?;
     }
@@ -178,12 +185,17 @@ pub fn load(dir: &Path, gan: Gan) -> Result<(Gan, TrainState)> {
     let critic: Critic = load_module(gan.critic, &dir.join("critic.bpk"))?;
     let optim_g = load_optimizer(gan.optim_g, &dir.join("optim_g.bpk"))?;
     let optim_d = load_optimizer(gan.optim_d, &dir.join("optim_d.bpk"))?;
+    let ema = match gan.ema {
+        Some(fresh) => Some(load_module(fresh, &dir.join(EMA_FILE))?),
+        None => None,
+    };
     let gan = Gan {
         generator,
         critic,
         optim_g,
         optim_d,
-        constraint: gan.constraint,
+        ema,
+        ..gan
     };
     Ok((gan, state))
 }

@@ -139,6 +139,10 @@ pub struct EvalArgs {
     /// GPU adapter for --backend wgpu.
     #[arg(long, value_name = "N")]
     pub device: Option<usize>,
+    /// Use G itself where the run keeps a moving average of its weights (train.ema_decay > 0),
+    /// which is the default.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// Flags of `compare`.
@@ -197,6 +201,10 @@ pub struct SampleArgs {
     /// GPU adapter for --backend wgpu.
     #[arg(long, value_name = "N")]
     pub device: Option<usize>,
+    /// Use G itself where the run keeps a moving average of its weights (train.ema_decay > 0),
+    /// which is the default.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// Flags of `export`.
@@ -211,6 +219,10 @@ pub struct ExportArgs {
     /// Output file, e.g. generator.safetensors.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Use G itself where the run keeps a moving average of its weights (train.ema_decay > 0),
+    /// which is the default.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// Parses the process arguments and runs; the error, if any, is printed once with its causes.
@@ -371,7 +383,8 @@ fn sample_command(args: SampleArgs) -> Result<ExitCode> {
     }
     backend::check_adapter(args.backend, args.device)?;
     let device = args.backend.device(args.device)?;
-    let (config, generator, step) = eval::run_generator(&args.run, args.checkpoint, &device)?;
+    let (config, generator, averaged, step) =
+        eval::run_generator(&args.run, args.checkpoint, args.raw, &device)?;
     sample::write_samples(
         &generator,
         config.model.z_dim,
@@ -381,21 +394,24 @@ fn sample_command(args: SampleArgs) -> Result<ExitCode> {
         args.grid,
     )?;
     println!(
-        "wrote {} images from checkpoint {step} to {}",
+        "wrote {} images of {} from checkpoint {step} to {}",
         args.n,
+        eval::generator_name(&config, averaged),
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn export_command(args: ExportArgs) -> Result<ExitCode> {
-    let (config, generator, step) =
-        eval::run_generator(&args.run, args.checkpoint, &burn::prelude::Device::flex())?;
+    let device = burn::prelude::Device::flex();
+    let (config, generator, averaged, step) =
+        eval::run_generator(&args.run, args.checkpoint, args.raw, &device)?;
     // Every critic step and the generator step each run G once in training mode.
     let batches = (step * (config.train.n_critic + 1)) as i64;
     pytorch::export_generator(&generator, batches, &args.out)?;
     println!(
-        "exported the generator of checkpoint {step} to {}",
+        "exported {} of checkpoint {step} to {}",
+        eval::generator_name(&config, averaged),
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -407,7 +423,8 @@ fn inspect_command(args: InspectArgs) -> Result<ExitCode> {
     }
     backend::check_adapter(args.backend, args.device)?;
     let device = args.backend.device(args.device)?;
-    let run = eval::load_run(&args.run, args.checkpoint, &device)?;
+    // The critic was trained against G itself, so its fakes come from G.
+    let run = eval::load_run(&args.run, args.checkpoint, true, &device)?;
     let data = eval::run_data(&run.config, args.images)?;
     let n = args.images.min(data.len());
     let diagnostics = eval::diagnostics(
@@ -444,7 +461,7 @@ fn operator_norms(critic: &crate::model::Critic, image_size: usize) -> Vec<f64> 
 fn eval_command(args: EvalArgs) -> Result<ExitCode> {
     backend::check_adapter(args.backend, args.device)?;
     let device = args.backend.device(args.device)?;
-    let run = eval::load_run(&args.run, args.checkpoint, &device)?;
+    let run = eval::load_run(&args.run, args.checkpoint, args.raw, &device)?;
     let n = args.images.unwrap_or(run.config.output.eval_images);
     if !EVAL_IMAGES.contains(&n) {
         bail!(
@@ -455,7 +472,8 @@ fn eval_command(args: EvalArgs) -> Result<ExitCode> {
     }
     let (generated, floor, n) = eval::evaluate_run(&run, n, &device)?;
     println!(
-        "generator of {} at iteration {}",
+        "{} of {} at iteration {}",
+        eval::generator_name(&run.config, run.averaged),
         args.run.display(),
         run.step
     );

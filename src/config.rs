@@ -92,6 +92,18 @@ pub enum OptimizerKind {
     Rmsprop,
 }
 
+/// The objective both networks minimise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// WGAN: critic `mean f(fake) - mean f(real)`, generator `-mean f(fake)`.
+    #[default]
+    Wasserstein,
+    /// Hinge (Lim & Ye 2017; the SN-GAN paper's, Miyato et al. 2018):
+    /// critic `mean relu(1 - f(real)) + mean relu(1 + f(fake))`, generator `-mean f(fake)`.
+    Hinge,
+}
+
 /// `[train]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,6 +130,15 @@ pub struct TrainSection {
     /// reaches it, even before `iterations`. Unset: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_minutes: Option<f64>,
+    /// Objective: `"wasserstein"` (default) or `"hinge"`. The Wasserstein estimate
+    /// mean f(real) - mean f(fake) is logged either way.
+    pub loss: LossKind,
+    /// Decay of the exponential moving average of the generator's weights that samples,
+    /// grids, `sample`, `export` and the metrics use (e.g. 0.999); 0 = off.
+    pub ema_decay: f64,
+    /// Generator iterations during which the average only copies the generator; it averages
+    /// from the next one on.
+    pub ema_start: usize,
 }
 
 impl Default for TrainSection {
@@ -133,6 +154,9 @@ impl Default for TrainSection {
             beta2: 0.9,
             seed: 0,
             max_minutes: None,
+            loss: LossKind::Wasserstein,
+            ema_decay: 0.0,
+            ema_start: 0,
         }
     }
 }
@@ -371,6 +395,7 @@ impl Config {
         learning_rate("train.lr_d", t.lr_d)?;
         unit_interval("train.beta1", t.beta1)?;
         unit_interval("train.beta2", t.beta2)?;
+        unit_interval("train.ema_decay", t.ema_decay)?;
         self.validate_constraint()?;
         let o = &self.output;
         positive("output.log_every", o.log_every)?;

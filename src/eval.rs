@@ -131,34 +131,46 @@ pub fn diagnostics(
 pub struct LoadedRun {
     /// The run's config.toml.
     pub config: Config,
-    /// The generator of the checkpoint.
+    /// The generator of the checkpoint (its moving average where the run keeps one, unless
+    /// the raw one was asked for).
     pub generator: Generator,
+    /// Whether `generator` is the moving average.
+    pub averaged: bool,
     /// The critic of the checkpoint, with its spectral-norm `u`, `v`.
     pub critic: Critic,
     /// The checkpoint's iteration.
     pub step: usize,
 }
 
-/// The run's config and the generator of checkpoint `step` (the newest usable one when
-/// `None`), with the checkpoint's iteration: what `sample` and `export` need.
+/// The run's config and a generator of checkpoint `step` (the newest usable one when `None`):
+/// the moving average when the run keeps one (`train.ema_decay > 0`) and `raw` is false, else
+/// G itself; with whether it is the average and the checkpoint's iteration. What `sample`,
+/// `export` and `eval` use.
 pub fn run_generator(
     run: &Path,
     step: Option<usize>,
+    raw: bool,
     device: &Device,
-) -> Result<(Config, Generator, usize)> {
+) -> Result<(Config, Generator, bool, usize)> {
     let config = Config::load(&run.join("config.toml"), &[])
         .with_context(|| format!("{} is not a wgan-train run folder", run.display()))?;
     let (d, m) = (&config.data, &config.model);
-    let (generator, step) = checkpoint::load_generator(run, step, || {
+    let averaged = config.train.ema_decay > 0.0 && !raw;
+    let name = if averaged {
+        "generator_ema"
+    } else {
+        "generator"
+    };
+    let (generator, step) = checkpoint::load_network(run, step, name, || {
         Generator::new(d.image_size, d.channels, m.z_dim, m.g_width, device)
     })?;
-    Ok((config, generator, step))
+    Ok((config, generator, averaged, step))
 }
 
 /// Loads checkpoint `step` (the newest usable one when `None`) of the run in `run`: its
-/// config, generator and critic.
-pub fn load_run(run: &Path, step: Option<usize>, device: &Device) -> Result<LoadedRun> {
-    let (config, generator, step) = run_generator(run, step, device)?;
+/// config, generator (as [`run_generator`] picks it) and critic.
+pub fn load_run(run: &Path, step: Option<usize>, raw: bool, device: &Device) -> Result<LoadedRun> {
+    let (config, generator, averaged, step) = run_generator(run, step, raw, device)?;
     let (d, m) = (&config.data, &config.model);
     let spectral = Constraint::from_config(&config.constraint).critic_spectral();
     let (critic, _) = checkpoint::load_network(run, Some(step), "critic", || {
@@ -167,9 +179,22 @@ pub fn load_run(run: &Path, step: Option<usize>, device: &Device) -> Result<Load
     Ok(LoadedRun {
         config,
         generator,
+        averaged,
         critic,
         step,
     })
+}
+
+/// "G" or "the moving average of G (decay d)", for the commands' output.
+pub fn generator_name(config: &Config, averaged: bool) -> String {
+    if averaged {
+        format!(
+            "the moving average of G (decay {}; --raw for G itself)",
+            config.train.ema_decay
+        )
+    } else {
+        "G".to_string()
+    }
 }
 
 /// `n` images of the run's data folder (a random subset of a large folder).

@@ -3,11 +3,12 @@
 //! mean f(fake) - mean f(real) (+ penalty), a generator step minimising -mean f(fake).
 //! The loop that schedules them is the `train` module.
 
-use crate::config::{Config, OptimizerKind};
+use crate::config::{Config, LossKind, OptimizerKind};
 use crate::constraint::{Constraint, PenaltyInputs};
 use crate::model::{Critic, Generator};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, RmsPropConfig};
 use burn::prelude::*;
+use burn::tensor::activation::relu;
 
 /// The two networks, their optimizers and the critic's constraint.
 pub struct Gan {
@@ -21,6 +22,14 @@ pub struct Gan {
     pub optim_d: ModuleOptimizer,
     /// How f is kept Lipschitz.
     pub constraint: Constraint,
+    /// The objective.
+    pub loss: LossKind,
+    /// The moving average of G's weights (on the plain device), when `train.ema_decay > 0`.
+    pub ema: Option<Generator>,
+    /// `train.ema_decay`.
+    pub ema_decay: f64,
+    /// `train.ema_start`.
+    pub ema_start: usize,
 }
 
 impl Gan {
@@ -40,12 +49,42 @@ impl Gan {
         );
         crate::model::initialize_params(&generator);
         crate::model::initialize_params(&critic);
+        let t = &config.train;
         Self {
+            ema: (t.ema_decay > 0.0).then(|| generator.valid()),
             generator,
             critic,
             optim_g: optimizer(config),
             optim_d: optimizer(config),
             constraint,
+            loss: t.loss,
+            ema_decay: t.ema_decay,
+            ema_start: t.ema_start,
+        }
+    }
+
+    /// Updates the moving average after generator iteration `step` (1-based); no-op when off.
+    pub fn update_ema(&mut self, step: usize) {
+        if let Some(ema) = self.ema.take() {
+            let decay = crate::ema::decay_at(step, self.ema_decay, self.ema_start);
+            self.ema = Some(crate::ema::update(ema, &self.generator, decay));
+        }
+    }
+
+    /// The generator that samples: the moving average when on, else G itself.
+    pub fn sampler(&self) -> &Generator {
+        self.ema.as_ref().unwrap_or(&self.generator)
+    }
+}
+
+/// The critic's loss for scores `[B, 1]` on real and fake images (before any penalty).
+pub fn critic_loss(kind: LossKind, real: Tensor<2>, fake: Tensor<2>) -> Tensor<1> {
+    match kind {
+        LossKind::Wasserstein => fake.mean() - real.mean(),
+        LossKind::Hinge => {
+            let real = relu(real.neg().add_scalar(1.0)).mean(); // mean max(0, 1 - f(real))
+            let fake = relu(fake.add_scalar(1.0)).mean(); // mean max(0, 1 + f(fake))
+            real + fake
         }
     }
 }
@@ -80,7 +119,7 @@ pub struct CriticBatch {
 
 /// Scalars `[1]` of one critic step.
 pub struct CriticStats {
-    /// The minimised loss: mean f(fake) - mean f(real) + penalty.
+    /// The minimised loss: the critic loss + penalty.
     pub loss: Tensor<1>,
     /// mean f(real) - mean f(fake).
     pub wasserstein: Tensor<1>,
@@ -88,8 +127,9 @@ pub struct CriticStats {
     pub penalty: Option<Tensor<1>>,
 }
 
-/// One critic step: minimise mean f(fake) - mean f(real) (+ the constraint's penalty), then
-/// apply the constraint's post-step (clipping).
+/// One critic step: minimise the critic loss ([`critic_loss`]: mean f(fake) - mean f(real)
+/// for the WGAN) plus the constraint's penalty, then apply the constraint's post-step
+/// (clipping).
 pub fn critic_step(gan: &mut Gan, batch: CriticBatch, lr: f64) -> CriticStats {
     let CriticBatch { real, z, epsilon } = batch;
     // G in training mode (batch statistics, running statistics updated) but untracked: the
@@ -97,18 +137,19 @@ pub fn critic_step(gan: &mut Gan, batch: CriticBatch, lr: f64) -> CriticStats {
     let fake = gan.generator.clone().no_grad().forward(z).detach(); // [B, C, S, S]
     // Two forwards, fake first, as PyTorch's `d(fake).mean() - d(real).mean()`: under spectral
     // normalization each refines u, v once, and the real batch sees the newer estimate.
-    let fake_mean = gan.critic.forward(fake.clone()).mean(); // [1]
-    let real_mean = gan.critic.forward(real.clone()).mean(); // [1]
-    let wasserstein = (real_mean.clone() - fake_mean.clone()).detach();
+    let fake_scores = gan.critic.forward(fake.clone()); // [B, 1]
+    let real_scores = gan.critic.forward(real.clone()); // [B, 1]
+    let wasserstein = (real_scores.clone().mean() - fake_scores.clone().mean()).detach();
     let inputs = PenaltyInputs {
         real,
         fake,
         epsilon,
     };
     let penalty = gan.constraint.penalty(&gan.critic, inputs);
+    let loss = critic_loss(gan.loss, real_scores, fake_scores);
     let loss = match &penalty {
-        Some(p) => fake_mean - real_mean + p.clone(),
-        None => fake_mean - real_mean,
+        Some(p) => loss + p.clone(),
+        None => loss,
     };
     let grads = GradientsParams::from_grads(loss.backward(), &gan.critic);
     let critic = gan.optim_d.step(lr, gan.critic.clone(), grads);
@@ -278,5 +319,132 @@ mod tests {
             }
             assert!(moved > 1e-4, "{kind}: the step moved the generator");
         }
+    }
+
+    /// After k generator steps the average equals the closed form, computed in f64 from the
+    /// recorded weights w_1..w_k: `ema_k = d^(k-s) w_s + sum_{t=s+1..k} (1-d) d^(k-t) w_t`
+    /// with s = ema_start (the copy), and the BatchNorm statistics equal G's last ones.
+    #[test]
+    fn after_k_steps_the_average_is_the_closed_form_of_the_recorded_weights() {
+        let device = Device::flex().autodiff();
+        let (decay, start, k) = (0.7, 2usize, 7usize);
+        let mut config = Config::tiny("spectral_norm");
+        config.train.ema_decay = decay;
+        config.train.ema_start = start;
+        let mut gan = Gan::new(&config, &device);
+        let flags = crate::ema::testing::buffer_flags(&gan.generator);
+        assert_eq!(
+            flags.iter().filter(|&&b| b).count(),
+            2 * (1 + gan.generator.blocks.len()),
+            "every BatchNorm has a running mean and variance"
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut recorded = Vec::new();
+        for step in 1..=k {
+            generator_step(&mut gan, noise(&mut rng, 4, 8, &device), 1e-2);
+            gan.update_ema(step);
+            recorded.push(params(&gan.generator));
+        }
+        let ema = params(gan.ema.as_ref().unwrap());
+        let last = recorded.last().unwrap();
+        for (i, tensor) in ema.iter().enumerate() {
+            for (j, &value) in tensor.iter().enumerate() {
+                let expected = if flags[i] {
+                    last[i][j] as f64
+                } else {
+                    let w = |t: usize| recorded[t - 1][i][j] as f64;
+                    let mut e = decay.powi((k - start) as i32) * w(start);
+                    for t in start + 1..=k {
+                        e += (1.0 - decay) * decay.powi((k - t) as i32) * w(t);
+                    }
+                    e
+                };
+                let tol = 1e-6 * (1.0 + expected.abs());
+                assert!(
+                    (value as f64 - expected).abs() <= tol,
+                    "tensor {i}[{j}]: {value} vs closed form {expected}"
+                );
+            }
+        }
+        // The average is not the generator (the test would pass trivially otherwise).
+        let differs = ema
+            .iter()
+            .zip(last)
+            .zip(&flags)
+            .any(|((e, g), b)| !b && e != g);
+        assert!(differs, "the average lags the generator");
+    }
+
+    /// The hinge and Wasserstein critic losses on fixed scores, and their gradients, against
+    /// the formulas worked by hand: real (0.5, -2, 1.5, 0.9), fake (-0.3, -1.5, 2, 0).
+    /// Hinge: mean(0.5, 3, 0, 0.1) + mean(0.7, 0, 3, 1) = 0.9 + 1.175 = 2.075, gradient -1/4
+    /// on real scores below 1, +1/4 on fake scores above -1, 0 elsewhere.
+    /// Wasserstein: 0.05 - 0.225 = -0.175, gradients -1/4 and +1/4 everywhere.
+    #[test]
+    fn critic_losses_equal_their_formulas_on_fixed_scores() {
+        let device = Device::flex().autodiff();
+        let scores = |v: [f32; 4]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), [4, 1]), &device).require_grad()
+        };
+        let cases = [
+            (
+                LossKind::Hinge,
+                2.075,
+                [-0.25, -0.25, 0.0, -0.25],
+                [0.25, 0.0, 0.25, 0.25],
+            ),
+            (LossKind::Wasserstein, -0.175, [-0.25; 4], [0.25; 4]),
+        ];
+        for (kind, value, d_real, d_fake) in cases {
+            let (real, fake) = (
+                scores([0.5, -2.0, 1.5, 0.9]),
+                scores([-0.3, -1.5, 2.0, 0.0]),
+            );
+            let loss = critic_loss(kind, real.clone(), fake.clone());
+            let grads = loss.backward();
+            assert!((scalar(loss) - value).abs() < 1e-6, "{kind:?}");
+            let grad = |t: &Tensor<2>| -> Vec<f32> {
+                t.grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec()
+                    .unwrap()
+            };
+            assert_eq!(grad(&real), d_real, "{kind:?}: d loss / d f(real)");
+            assert_eq!(grad(&fake), d_fake, "{kind:?}: d loss / d f(fake)");
+        }
+    }
+
+    #[test]
+    fn the_hinge_loss_falls_on_a_fixed_batch_and_the_wasserstein_estimate_is_still_logged() {
+        let device = Device::flex().autodiff();
+        let mut config = Config::tiny("spectral_norm");
+        config.train.loss = LossKind::Hinge;
+        let mut gan = Gan::new(&config, &device);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let fixed = batch(&device, &mut rng);
+        let mut losses = Vec::new();
+        for _ in 0..20 {
+            let b = CriticBatch {
+                real: fixed.real.clone(),
+                z: fixed.z.clone(),
+                epsilon: fixed.epsilon.clone(),
+            };
+            let stats = critic_step(&mut gan, b, 1e-3);
+            let (loss, w) = (scalar(stats.loss), scalar(stats.wasserstein));
+            // Scores start near 0, so the hinge loss starts near 2, and it is not -W.
+            assert!(loss.is_finite() && w.is_finite());
+            assert!(
+                (loss + w).abs() > 1e-3,
+                "the hinge loss is not the WGAN loss"
+            );
+            losses.push(loss);
+        }
+        assert!((losses[0] - 2.0).abs() < 0.1, "{losses:?}");
+        assert!(
+            losses[19] < losses[0] - 1e-3,
+            "loss did not fall: {losses:?}"
+        );
     }
 }

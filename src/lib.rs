@@ -23,6 +23,7 @@ pub mod compare;
 pub mod config;
 pub mod constraint;
 pub mod data;
+pub mod ema;
 pub mod eval;
 pub mod gan;
 pub mod lipschitz;

@@ -123,7 +123,7 @@ pub fn train(
         }
         if every(step, o.sample_every) || last {
             summary.last_grid = Some(write_grid(
-                &gan.generator,
+                gan.sampler(),
                 fixed_noise.clone(),
                 rows,
                 run_dir,
@@ -201,7 +201,7 @@ impl<'a> Monitor<'a> {
             ));
         }
         if let Some(evaluator) = self.evaluator.as_ref().filter(|_| evaluate) {
-            let swd = evaluator.swd(&gan.generator, device);
+            let swd = evaluator.swd(gan.sampler(), device);
             let levels: Vec<String> = swd.levels.iter().map(|l| format!("{l:.2}")).collect();
             eprintln!(
                 "iteration {step}: SWD x1e3 {:.2} (levels {})",
@@ -280,6 +280,7 @@ pub fn iteration(
     let stats = last.expect("n_critic >= 1");
     let z = noise(&mut state.rng, t.batch_size, z_dim, device);
     let generator_loss = scalar(generator_step(gan, z, t.lr_g));
+    gan.update_ema(state.step + 1);
     IterationLosses {
         critic_loss: scalar(stats.loss),
         generator_loss,
@@ -438,7 +439,8 @@ fn progress_bar(iterations: usize, done: usize) -> ProgressBar {
     bar
 }
 
-/// Writes `samples/step_NNNNNN.png` from the generator in inference mode.
+/// Writes `samples/step_NNNNNN.png` from `generator` (G, or its moving average when on) in
+/// inference mode.
 fn write_grid(
     generator: &Generator,
     noise: Tensor<2>,

@@ -102,7 +102,8 @@ fn inspect_agrees_with_an_independent_svd_of_the_checkpoint() {
     let rows = parse_table(&stdout);
     assert_eq!(rows.len(), 4, "{stdout}");
     assert!(stdout.contains("product of kernel norms") && stdout.contains("interpolates"));
-    let loaded = wgan_train::eval::load_run(&run, None, &burn::prelude::Device::flex()).unwrap();
+    let loaded =
+        wgan_train::eval::load_run(&run, None, true, &burn::prelude::Device::flex()).unwrap();
     let mut weights: Vec<(Vec<f32>, usize)> = loaded
         .critic
         .convs
