@@ -82,12 +82,38 @@ pub enum Command {
     /// Train several configs with the same seed, data and budget, and write report.md with a
     /// table, overlaid plots and the final grids side by side.
     Compare(CompareArgs),
+    /// Train a GAN on a 2-D toy distribution (8 Gaussians, 25 Gaussians, Swiss roll; see
+    /// configs/toy/) and picture the critic's value and gradient-norm landscape.
+    Toy(ToyArgs),
     /// List the GPU adapters that wgpu sees, with the index --device takes.
     Adapters,
     /// Check a backend against the CPU: one critic and one generator step of a tiny GAN per
     /// constraint (sn, gp, clip) from identical weights and inputs on --backend and on Flex;
     /// prints how far every parameter ended apart and fails above the tolerance.
     Parity(ParityArgs),
+}
+
+/// Flags of `toy`.
+#[derive(Debug, Args)]
+pub struct ToyArgs {
+    /// Toy config file, e.g. configs/toy/8gaussians-sn.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Override a config key, as TOML (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run folder (overrides output.dir).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Start over in a run folder that already holds a run (deleting it).
+    #[arg(long)]
+    pub force: bool,
+    /// Compute backend (default: flex).
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
+    pub backend: Backend,
+    /// GPU adapter for --backend wgpu.
+    #[arg(long, value_name = "N")]
+    pub device: Option<usize>,
 }
 
 /// Flags of `parity`.
@@ -245,10 +271,40 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Inspect(args)) => inspect_command(args),
         Some(Command::Eval(args)) => eval_command(args),
         Some(Command::Compare(args)) => compare_command(args),
+        Some(Command::Toy(args)) => toy_command(args),
         Some(Command::Adapters) => adapters_command(),
         Some(Command::Parity(args)) => parity_command(args),
         None => train_command(cli.train),
     }
+}
+
+fn toy_command(args: ToyArgs) -> Result<ExitCode> {
+    let config = crate::toy::ToyConfig::load(&args.config, &args.overrides)?;
+    backend::check_adapter(args.backend, args.device)?;
+    let device = args.backend.device(args.device)?;
+    let run_dir = args.out.unwrap_or_else(|| config.output.dir.clone());
+    crate::toy::prepare(&run_dir, args.force)?;
+    let interrupt = install_interrupt_handler()?;
+    let summary = crate::toy::train(&config, &run_dir, &device, &interrupt)?;
+    let s = &summary.stats;
+    let modes = match (s.modes, s.centres) {
+        (Some(m), Some(c)) => format!(", modes {m}/{c}"),
+        _ => String::new(),
+    };
+    println!(
+        "{} iterations in {:.1} s: W {:.3}, ||grad f|| on the grid mean {:.3} max {:.3}{modes}; landscapes in {}",
+        s.step,
+        s.seconds,
+        s.wasserstein,
+        s.grid_grad_mean,
+        s.grid_grad_max,
+        run_dir.join("landscape.png").display()
+    );
+    Ok(if summary.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn adapters_command() -> Result<ExitCode> {
@@ -493,6 +549,37 @@ fn compare_command(args: CompareArgs) -> Result<ExitCode> {
     backend::check_adapter(args.backend, args.device)?;
     let device = args.backend.device(args.device)?;
     let entries = compare::entries(&args.configs, &args.out);
+    let toys = args
+        .configs
+        .iter()
+        .filter(|c| crate::toy::is_toy_config(c))
+        .count();
+    if toys > 0 {
+        if toys < args.configs.len() {
+            bail!(
+                "--configs mixes toy configs (with a [toy] table) and image configs: compare one kind at a time"
+            );
+        }
+        if args.minutes.is_some() {
+            bail!("--minutes does not apply to toy configs: use --iterations");
+        }
+        let interrupt = install_interrupt_handler()?;
+        let (report, interrupted) = crate::toy::compare(
+            &entries,
+            &args.overrides,
+            args.iterations,
+            &args.out,
+            args.force,
+            &device,
+            &interrupt,
+        )?;
+        println!("compared {} toy runs: {}", entries.len(), report.display());
+        return Ok(if interrupted {
+            ExitCode::from(EXIT_INTERRUPTED)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
     let budget = compare::Budget {
         iterations: args.iterations,
         minutes: args.minutes,

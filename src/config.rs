@@ -396,7 +396,7 @@ impl Config {
         unit_interval("train.beta1", t.beta1)?;
         unit_interval("train.beta2", t.beta2)?;
         unit_interval("train.ema_decay", t.ema_decay)?;
-        self.validate_constraint()?;
+        self.constraint.validate()?;
         let o = &self.output;
         positive("output.log_every", o.log_every)?;
         positive("output.keep_checkpoints", o.keep_checkpoints)?;
@@ -424,9 +424,12 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    fn validate_constraint(&self) -> Result<()> {
-        let c = &self.constraint;
+impl ConstraintConfig {
+    /// Checks the keys against the kind and every value's range.
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
         for (key, present, kinds) in c.key_applies() {
             if present && !kinds.contains(&c.kind) {
                 let names: Vec<String> =
@@ -454,7 +457,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     /// The config as TOML, as written into the run folder.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a Config always serializes")
@@ -464,7 +469,7 @@ impl Config {
 /// Applies one `--set a.b=value` to the raw table. The value is parsed as a TOML value
 /// (`200`, `2e-4`, `true`, `"text"`), and taken as a plain string when it is not one
 /// (`data.dir=/path/to/images`).
-fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+pub(crate) fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     let Some((key, raw)) = item.split_once('=') else {
         bail!(
             "--set {item:?} has no '=': write --set section.key=value, e.g. --set train.iterations=200"
@@ -499,7 +504,7 @@ fn parse_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
-fn one_line(message: &str) -> String {
+pub(crate) fn one_line(message: &str) -> String {
     message
         .lines()
         .map(str::trim)
@@ -508,21 +513,21 @@ fn one_line(message: &str) -> String {
         .join(" ")
 }
 
-fn positive(key: &str, value: usize) -> Result<()> {
+pub(crate) fn positive(key: &str, value: usize) -> Result<()> {
     if value == 0 {
         bail!("{key} = 0 is out of range: it must be at least 1");
     }
     Ok(())
 }
 
-fn learning_rate(key: &str, value: f64) -> Result<()> {
+pub(crate) fn learning_rate(key: &str, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0 && value < 1.0) {
         bail!("{key} = {value} is out of range: a learning rate must be > 0 and < 1");
     }
     Ok(())
 }
 
-fn unit_interval(key: &str, value: f64) -> Result<()> {
+pub(crate) fn unit_interval(key: &str, value: f64) -> Result<()> {
     if !(0.0..1.0).contains(&value) {
         bail!("{key} = {value} is out of range: use 0 <= {key} < 1");
     }

@@ -141,14 +141,22 @@ pub fn gradient_penalty(
     let [batch, ..] = x_hat.dims();
     let grad = critic.input_gradient(x_hat); // [B, C, S, S]
     let norms = grad.square().sum_dims(&[1, 2, 3]).reshape([batch]).sqrt(); // [B]
+    penalty_of_norms(norms, lambda, one_sided)
+}
+
+/// `lambda * mean_b (norm_b - 1)^2`, or with `one_sided` `lambda * mean_b max(norm_b - 1, 0)^2`,
+/// for input-gradient norms `[B]` (differentiable): the penalty of any critic whose input
+/// gradient is written with differentiable ops (the image critic, the toy MLP).
+pub fn penalty_of_norms(norms: Tensor<1>, lambda: f64, one_sided: bool) -> Tensor<1> {
     let excess = norms.sub_scalar(1.0);
     let excess = if one_sided { relu(excess) } else { excess };
     excess.square().mean().mul_scalar(lambda) // [1]
 }
 
-/// Clamps every float parameter of `critic` to [-c, c], leaving spectral-norm `u`, `v` (which
-/// Burn's mappers also see as float parameters) alone. Gradient tracking is kept as it was.
-pub fn clip_weights(critic: Critic, c: f64) -> Critic {
+/// Clamps every float parameter of `critic` (any critic module) to [-c, c], leaving
+/// spectral-norm `u`, `v` (which Burn's mappers also see as float parameters) alone. Gradient
+/// tracking is kept as it was.
+pub fn clip_weights<M: Module>(critic: M, c: f64) -> M {
     critic.map(&mut Clip {
         bound: c,
         path: Vec::new(),

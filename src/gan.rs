@@ -54,8 +54,8 @@ impl Gan {
             ema: (t.ema_decay > 0.0).then(|| generator.valid()),
             generator,
             critic,
-            optim_g: optimizer(config),
-            optim_d: optimizer(config),
+            optim_g: optimizer(t.optimizer, t.beta1, t.beta2),
+            optim_d: optimizer(t.optimizer, t.beta1, t.beta2),
             constraint,
             loss: t.loss,
             ema_decay: t.ema_decay,
@@ -89,13 +89,13 @@ pub fn critic_loss(kind: LossKind, real: Tensor<2>, fake: Tensor<2>) -> Tensor<1
     }
 }
 
-fn optimizer(config: &Config) -> ModuleOptimizer {
-    let t = &config.train;
-    match t.optimizer {
-        // PyTorch's epsilon, so that runs compare with the peer.
+/// Adam (with `beta1`, `beta2`) or RMSProp, with PyTorch's epsilon and RMSProp's alpha, so
+/// that runs compare with the PyTorch peer.
+pub fn optimizer(kind: OptimizerKind, beta1: f64, beta2: f64) -> ModuleOptimizer {
+    match kind {
         OptimizerKind::Adam => AdamConfig::new()
-            .with_beta_1(t.beta1 as f32)
-            .with_beta_2(t.beta2 as f32)
+            .with_beta_1(beta1 as f32)
+            .with_beta_2(beta2 as f32)
             .with_epsilon(1e-8)
             .init(),
         OptimizerKind::Rmsprop => RmsPropConfig::new()

@@ -35,4 +35,5 @@ pub mod plot;
 pub mod pytorch;
 pub mod sample;
 pub mod swd;
+pub mod toy;
 pub mod train;

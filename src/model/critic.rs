@@ -95,7 +95,13 @@ pub struct CriticLinear {
 }
 
 impl CriticLinear {
-    fn new(d_in: usize, d_out: usize, spectral: Option<SpectralOptions>, device: &Device) -> Self {
+    /// A `[d_in] -> [d_out]` layer with PyTorch's default init, then its spectral state.
+    pub fn new(
+        d_in: usize,
+        d_out: usize,
+        spectral: Option<SpectralOptions>,
+        device: &Device,
+    ) -> Self {
         let (weight, bias, spectral) = init_layer([d_out, d_in], d_in, spectral, device);
         Self {
             weight,
