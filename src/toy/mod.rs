@@ -804,6 +804,33 @@ mod tests {
         }
     }
 
+    /// Every configs/toy/DATASET-KIND.toml is valid, a toy config, and trains what its name says.
+    #[test]
+    fn every_shipped_toy_config_is_valid_and_names_its_dataset_and_kind() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/toy");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let path = entry.unwrap().path();
+            let c = ToyConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(is_toy_config(&path));
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            let (dataset, kind) = stem.split_once('-').unwrap();
+            assert_eq!(c.toy.dataset.name(), dataset);
+            let expected = match kind {
+                "sn" => ConstraintKind::SpectralNorm,
+                "gp" => ConstraintKind::GradientPenalty,
+                "clip" => ConstraintKind::WeightClipping,
+                "none" => ConstraintKind::None,
+                other => panic!("unexpected config {other}"),
+            };
+            assert_eq!(c.constraint.kind, expected, "{}", path.display());
+            seen += 1;
+        }
+        assert_eq!(seen, 12);
+        let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sn.toml");
+        assert!(!is_toy_config(&image));
+    }
+
     #[test]
     fn coverage_counts_modes_and_near_points() {
         let set = ToyDataset::EightGaussians;
