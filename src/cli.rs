@@ -507,11 +507,9 @@ fn inspect_command(args: InspectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Power-iteration steps for the convolutions' operator norms in `inspect`.
-const OPERATOR_NORM_STEPS: usize = 100;
-
 fn operator_norms(critic: &crate::model::Critic, image_size: usize) -> Vec<f64> {
-    crate::lipschitz::conv_operator_norms(critic, image_size, OPERATOR_NORM_STEPS)
+    use crate::lipschitz::{OPERATOR_NORM_STEPS, conv_operator_norms};
+    conv_operator_norms(critic, image_size, OPERATOR_NORM_STEPS)
 }
 
 fn eval_command(args: EvalArgs) -> Result<ExitCode> {

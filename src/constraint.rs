@@ -17,6 +17,8 @@ pub enum Constraint {
     SpectralNorm {
         /// Power-iteration steps per training forward.
         power_iterations: usize,
+        /// Convolutions by their operator norm (`norm = "operator"`), not their matrix view's.
+        operator: bool,
     },
     /// WGAN-GP penalty on the input-gradient norm at random interpolates.
     GradientPenalty {
@@ -36,6 +38,8 @@ pub enum Constraint {
         power_iterations: usize,
         /// Penalty weight.
         lambda: f64,
+        /// Convolutions by their operator norm (`norm = "operator"`), not their matrix view's.
+        operator: bool,
     },
     /// No constraint (baseline).
     None,
@@ -58,6 +62,7 @@ impl Constraint {
         match config.kind {
             ConstraintKind::SpectralNorm => Self::SpectralNorm {
                 power_iterations: config.power_iterations(),
+                operator: config.operator(),
             },
             ConstraintKind::GradientPenalty => Self::GradientPenalty {
                 lambda: config.lambda(),
@@ -69,6 +74,7 @@ impl Constraint {
             ConstraintKind::SpectralPenalty => Self::SpectralPenalty {
                 power_iterations: config.power_iterations(),
                 lambda: config.lambda(),
+                operator: config.operator(),
             },
             ConstraintKind::None => Self::None,
         }
@@ -77,15 +83,22 @@ impl Constraint {
     /// The spectral-norm state the critic's layers carry, if any.
     pub fn critic_spectral(&self) -> Option<SpectralOptions> {
         match *self {
-            Self::SpectralNorm { power_iterations } => Some(SpectralOptions {
+            Self::SpectralNorm {
+                power_iterations,
+                operator,
+            } => Some(SpectralOptions {
                 power_iterations,
                 in_forward: true,
+                operator,
             }),
             Self::SpectralPenalty {
-                power_iterations, ..
+                power_iterations,
+                operator,
+                ..
             } => Some(SpectralOptions {
                 power_iterations,
                 in_forward: false,
+                operator,
             }),
             _ => None,
         }
@@ -154,7 +167,8 @@ pub fn penalty_of_norms(norms: Tensor<1>, lambda: f64, one_sided: bool) -> Tenso
 }
 
 /// Clamps every float parameter of `critic` (any critic module) to [-c, c], leaving
-/// spectral-norm `u`, `v` (which Burn's mappers also see as float parameters) alone. Gradient
+/// spectral-norm `u`, `v` (matrix or operator; Burn's mappers also see them as float
+/// parameters) alone. Gradient
 /// tracking is kept as it was.
 pub fn clip_weights<M: Module>(critic: M, c: f64) -> M {
     critic.map(&mut Clip {
@@ -178,7 +192,7 @@ impl ModuleMapper for Clip {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.path.iter().any(|p| p == "spectral") {
+        if self.path.iter().any(|p| p == "spectral" || p == "operator") {
             return param;
         }
         let (id, tensor, mapper) = param.consume();
@@ -402,6 +416,35 @@ mod tests {
         }
     }
 
+    /// The exact gradient penalty of a GroupSort critic: its gradient in every parameter
+    /// equals central finite differences (f64), as with LeakyReLU above.
+    #[test]
+    fn gradient_penalty_with_groupsort_matches_central_finite_differences() {
+        use crate::config::Activation;
+        let device = Device::flex().autodiff();
+        let x = reference_input(&device);
+        let build = |perturb| {
+            reference_critic(&device, 0.23, perturb).with_activation(Activation::Groupsort)
+        };
+        let penalty = |critic: &Critic| value(gradient_penalty(critic, x.clone(), 10.0, false));
+        let critic = build(None);
+        let grads = grads_of(&critic, gradient_penalty(&critic, x.clone(), 10.0, false));
+        let h = 1e-6;
+        let mut checked = 0;
+        for (k, g) in grads.iter().enumerate() {
+            for (i, analytic) in g.iter().enumerate() {
+                let fd = (penalty(&build(Some((k, i, h)))) - penalty(&build(Some((k, i, -h)))))
+                    / (2.0 * h);
+                assert!(
+                    (analytic - fd).abs() < 1e-7 * (1.0 + fd.abs()),
+                    "param {k}[{i}]: {analytic} vs {fd}"
+                );
+                checked += usize::from(fd.abs() > 1e-6);
+            }
+        }
+        assert!(checked > 10, "the penalty depends on the parameters");
+    }
+
     #[test]
     fn one_sided_penalty_is_zero_when_every_gradient_norm_is_below_one() {
         let device = Device::flex().autodiff();
@@ -425,6 +468,7 @@ mod tests {
         let options = SpectralOptions {
             power_iterations: 1,
             in_forward: true,
+            operator: false,
         };
         let critic = Critic::new(32, 1, 4, Some(options), &device);
         let u_of = |c: &Critic| -> Vec<f32> {
@@ -465,11 +509,13 @@ mod tests {
         let options = SpectralOptions {
             power_iterations: 1,
             in_forward: false,
+            operator: false,
         };
         let critic = Critic::new(32, 1, 8, Some(options), &device);
         let constraint = Constraint::SpectralPenalty {
             power_iterations: 1,
             lambda: 0.5,
+            operator: false,
         };
         let inputs = || PenaltyInputs {
             real: Tensor::zeros([1, 1, 32, 32], &device),

@@ -175,6 +175,7 @@ pub fn load_run(run: &Path, step: Option<usize>, raw: bool, device: &Device) -> 
     let spectral = Constraint::from_config(&config.constraint).critic_spectral();
     let (critic, _) = checkpoint::load_network(run, Some(step), "critic", || {
         Critic::new(d.image_size, d.channels, m.d_width, spectral, device)
+            .with_activation(m.critic_activation)
     })?;
     Ok(LoadedRun {
         config,
@@ -249,10 +250,18 @@ pub fn inspect_report(
         "product of kernel norms (matrix views, as spectral normalization sees them): {:.6}\n",
         diagnostics.bound
     );
+    let product = layer_norms.iter().product::<f64>();
     out += &format!(
-        "product of layer norms (convolutions as operators: a true Lipschitz bound): {:.6}\n",
-        layer_norms.iter().product::<f64>()
+        "product of layer norms (convolutions as operators: a true Lipschitz bound): {product:.6}\n"
     );
+    out += &if product <= 1.0 + crate::lipschitz::CERTIFY_TOLERANCE {
+        format!(
+            "certified 1-Lipschitz: yes (the product is <= 1 to the power iteration's {:e})\n",
+            crate::lipschitz::CERTIFY_TOLERANCE
+        )
+    } else {
+        "certified 1-Lipschitz: no (the product exceeds 1; constraint.norm = \"operator\" normalizes each convolution by its operator norm)\n".to_string()
+    };
     out += &format!("input-gradient norm ||grad_x f|| over {images} images:\n");
     for (what, s) in [
         ("real", diagnostics.grad_real),

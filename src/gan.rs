@@ -46,7 +46,8 @@ impl Gan {
             m.d_width,
             constraint.critic_spectral(),
             device,
-        );
+        )
+        .with_activation(m.critic_activation);
         crate::model::initialize_params(&generator);
         crate::model::initialize_params(&critic);
         let t = &config.train;

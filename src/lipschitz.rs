@@ -59,7 +59,22 @@ pub struct Lipschitz {
     pub grad_fake: NormStats,
     /// On interpolates `e x_real + (1 - e) x_fake`.
     pub grad_interpolates: NormStats,
+    /// Each layer's norm as an operator, as used in the forward pass (convolutions on their
+    /// input shape by power iteration, then the head): a true Lipschitz constant per layer.
+    #[serde(default)]
+    pub operator_norms: Vec<f64>,
+    /// Whether the product of `operator_norms` is at most 1 (+ [`CERTIFY_TOLERANCE`]): the
+    /// critic is then 1-Lipschitz (LeakyReLU and GroupSort are 1-Lipschitz), to the precision
+    /// of the power iterations that measure the convolutions ([`OPERATOR_NORM_STEPS`] steps).
+    #[serde(default)]
+    pub certified: bool,
 }
+
+/// Slack on 1 for [`Lipschitz::certified`]: the power iteration's precision.
+pub const CERTIFY_TOLERANCE: f64 = 1e-3;
+
+/// Power-iteration steps for the convolutions' operator norms in the diagnostics.
+pub const OPERATOR_NORM_STEPS: usize = 100;
 
 impl Lipschitz {
     /// The largest [`LayerNorms::relative_error`] over the layers, where there is one.
@@ -120,6 +135,23 @@ pub fn conv_operator_norm(kernel: Tensor<4>, size: usize, steps: usize) -> f64 {
     conv(x).square().sum().sqrt().into_scalar::<f32>() as f64
 }
 
+/// The exact operator norm of a critic convolution with `kernel` on `[in, size, size]` inputs:
+/// the largest singular value of the convolution written out as a dense matrix (f64; column j
+/// is the convolution of the j-th basis image). For small layers (tests, small images).
+pub fn conv_operator_norm_exact(kernel: Tensor<4>, size: usize) -> f64 {
+    let [_, c_in, _, _] = kernel.dims();
+    let n = c_in * size * size;
+    let device = kernel.device();
+    let mut eye = vec![0.0f32; n * n];
+    for j in 0..n {
+        eye[j * n + j] = 1.0;
+    }
+    let basis = Tensor::<4>::from_data(TensorData::new(eye, [n, c_in, size, size]), &device);
+    let columns = conv2d(basis, kernel, None, CriticConv::options()).flatten::<2>(1, 3); // [n, m]
+    // Rows of `columns` are the matrix's columns: its transpose has the same singular values.
+    largest_singular_value(&host_matrix(columns))
+}
+
 /// The operator norm of every critic convolution (kernels as used in the forward pass, inputs
 /// of an `image_size` image), by power iteration.
 pub fn conv_operator_norms(critic: &Critic, image_size: usize, steps: usize) -> Vec<f64> {
@@ -136,12 +168,14 @@ fn layer_norms(
     matrix: DMatrix<f64>,
     spectral: Option<&SpectralNorm>,
     kernel: &Tensor<2>,
+    operator_divisor: Option<f64>,
 ) -> LayerNorms {
     let sigma_raw = largest_singular_value(&matrix);
     let sigma_pi = spectral.map(|sn| sn.estimate(kernel) as f64);
     let divides = spectral.is_some_and(|sn| sn.in_forward);
-    let sigma = match (divides, sigma_pi) {
-        (true, Some(pi)) => sigma_raw / pi,
+    let sigma = match (divides, sigma_pi, operator_divisor) {
+        (true, Some(pi), _) => sigma_raw / pi,
+        (_, _, Some(op)) => sigma_raw / op,
         _ => sigma_raw,
     };
     LayerNorms {
@@ -156,11 +190,22 @@ fn layer_norms(
 pub fn layers(critic: &Critic) -> Vec<LayerNorms> {
     let convs = critic.convs.iter().map(|c| {
         let w = as_matrix(c.weight.val()).detach();
-        layer_norms(host_matrix(w.clone()), c.spectral.as_ref(), &w)
+        // Under operator normalization the kernel is divided by the operator-norm estimate.
+        let divisor = c
+            .operator
+            .as_ref()
+            .filter(|op| op.in_forward)
+            .map(|op| op.estimate(&c.weight.val()) as f64);
+        layer_norms(host_matrix(w.clone()), c.spectral.as_ref(), &w, divisor)
     });
     let head = {
         let w = critic.head.weight.val().detach();
-        layer_norms(host_matrix(w.clone()), critic.head.spectral.as_ref(), &w)
+        layer_norms(
+            host_matrix(w.clone()),
+            critic.head.spectral.as_ref(),
+            &w,
+            None,
+        )
     };
     convs.chain(std::iter::once(head)).collect()
 }
@@ -193,6 +238,9 @@ pub fn diagnose(
 ) -> Lipschitz {
     let layers = layers(critic);
     let bound = layers.iter().map(|l| l.sigma).product();
+    let size = real.dims()[2];
+    let mut operator_norms = conv_operator_norms(critic, size, OPERATOR_NORM_STEPS);
+    operator_norms.push(layers.last().map_or(1.0, |head| head.sigma)); // linear: its matrix
     let interpolates = crate::constraint::interpolates(crate::constraint::PenaltyInputs {
         real: real.clone(),
         fake: fake.clone(),
@@ -204,6 +252,8 @@ pub fn diagnose(
         grad_real: gradient_norms(critic, real),
         grad_fake: gradient_norms(critic, fake),
         grad_interpolates: gradient_norms(critic, interpolates),
+        certified: operator_norms.iter().product::<f64>() <= 1.0 + CERTIFY_TOLERANCE,
+        operator_norms,
     }
 }
 
@@ -219,6 +269,7 @@ mod tests {
         let options = spectral.then_some(SpectralOptions {
             power_iterations: 1,
             in_forward: true,
+            operator: false,
         });
         Critic::new(32, 3, 8, options, device)
     }

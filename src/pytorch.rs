@@ -127,6 +127,7 @@ fn walk_critic(critic: &mut Critic, v: &mut impl Visitor) {
             weight,
             bias,
             spectral,
+            .. // the operator norm has no PyTorch counterpart in the peer
         },
     ) in critic.convs.iter_mut().enumerate()
     {
@@ -362,6 +363,7 @@ mod tests {
         let spectral = Some(crate::model::spectral::SpectralOptions {
             power_iterations: 1,
             in_forward: true,
+            operator: false,
         });
         for (size, channels) in [(32, 1), (64, 3)] {
             let mut entries = generator_state(

@@ -62,23 +62,37 @@ fn signal(child: &Child, sig: &str) {
 #[test]
 fn a_stopped_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
     let (tmp, config) = setup(10);
-    for kind in ["spectral_norm", "gradient_penalty"] {
+    // The operator-norm state (u, v of each convolution's output and input shapes) and
+    // GroupSort go through checkpoints too.
+    let operator = [
+        "--set",
+        "constraint.norm=\"operator\"",
+        "--set",
+        "model.critic_activation=\"groupsort\"",
+    ];
+    for (kind, extra) in [
+        ("spectral_norm", &[][..]),
+        ("gradient_penalty", &[][..]),
+        ("spectral_norm", &operator[..]),
+    ] {
+        let label = format!("{kind}{}", if extra.is_empty() { "" } else { "-operator" });
         let (whole, parts) = (
-            tmp.path().join(format!("whole-{kind}")),
-            tmp.path().join(format!("parts-{kind}")),
+            tmp.path().join(format!("whole-{label}")),
+            tmp.path().join(format!("parts-{label}")),
         );
         let kind_set = format!("constraint.kind=\"{kind}\"");
-        let base = [
+        let mut base = vec![
             "--set",
             "output.checkpoint_every=2",
             "--set",
             kind_set.as_str(),
         ];
+        base.extend_from_slice(extra);
         succeed(
             binary()
                 .arg("--config")
                 .arg(&config)
-                .args(base)
+                .args(&base)
                 .args(["--set", "train.iterations=7"])
                 .arg("--out")
                 .arg(&whole),
@@ -88,7 +102,7 @@ fn a_stopped_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
             binary()
                 .arg("--config")
                 .arg(&config)
-                .args(base)
+                .args(&base)
                 .args(["--set", "train.iterations=4"])
                 .arg("--out")
                 .arg(&parts),
@@ -102,7 +116,7 @@ fn a_stopped_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
         assert!(err.contains("resuming"), "{err}");
         let (a, b) = (losses(&metrics(&whole)), losses(&metrics(&parts)));
         assert_eq!(a.len(), 7);
-        assert_eq!(a, b, "{kind}: step-by-step losses differ after resume");
+        assert_eq!(a, b, "{label}: step-by-step losses differ after resume");
     }
 }
 

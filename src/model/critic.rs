@@ -1,11 +1,13 @@
 //! The critic f: n x [Conv 4x4 stride 2 pad 1, LeakyReLU 0.2], then Linear -> 1.
 //! No normalization layers, so that every constraint acts on the same function class.
 
+use super::operator::OperatorNorm;
 use super::spectral::{SpectralNorm, SpectralOptions, as_matrix};
+use crate::config::Activation;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::prelude::*;
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::ops::ConvOptions;
 use burn_flex_kernels::activation::{leaky_relu, leaky_relu_backward};
 use burn_flex_kernels::conv::{conv_transpose2d, conv2d};
 
@@ -19,8 +21,10 @@ pub struct CriticConv {
     pub weight: Param<Tensor<4>>,
     /// `[out]`.
     pub bias: Param<Tensor<1>>,
-    /// Present when the critic is spectrally normalized.
+    /// Present when the critic is spectrally normalized by the kernel's matrix view.
     pub spectral: Option<SpectralNorm>,
+    /// Present when the critic is spectrally normalized by the convolution's operator norm.
+    pub operator: Option<OperatorNorm>,
 }
 
 impl CriticConv {
@@ -32,21 +36,39 @@ impl CriticConv {
     fn new(
         channels_in: usize,
         channels_out: usize,
+        size: usize,
         spectral: Option<SpectralOptions>,
         device: &Device,
     ) -> Self {
         let shape = [channels_out, channels_in, 4, 4];
-        let (weight, bias, spectral) = init_layer(shape, channels_in * 16, spectral, device);
+        let operator_options = spectral.filter(|o| o.operator);
+        let matrix = spectral.filter(|o| !o.operator);
+        let (weight, bias, spectral) = init_layer(shape, channels_in * 16, matrix, device);
+        let o = Self::options();
+        let operator = operator_options.map(|opts| {
+            OperatorNorm::new(
+                &weight.val(),
+                [size, size],
+                o.stride[0],
+                o.padding[0].0,
+                opts.power_iterations,
+                opts.in_forward,
+            )
+        });
         Self {
             weight,
             bias,
             spectral,
+            operator,
         }
     }
 
     /// The kernel as used in the forward pass (`W / sigma` under spectral normalization).
     pub fn kernel(&self) -> Tensor<4> {
-        forward_kernel(&self.spectral, self.weight.val())
+        match &self.operator {
+            Some(op) if op.in_forward => op.normalize(self.weight.val()),
+            _ => forward_kernel(&self.spectral, self.weight.val()),
+        }
     }
 
     /// `[B, in, H, W]` -> `[B, out, H/2, W/2]`, before the activation.
@@ -69,16 +91,9 @@ impl CriticConv {
         upstream: Tensor<4>,
         input_size: [usize; 2],
     ) -> Tensor<4> {
-        let [_, _, kh, kw] = kernel.dims();
         let o = Self::options();
-        let out_pad = |i: usize| (input_size[i] + 2 * o.padding[i].0 - [kh, kw][i]) % o.stride[i];
-        let options = ConvTransposeOptions::new(
-            o.stride,
-            [o.padding[0].0, o.padding[1].0],
-            [out_pad(0), out_pad(1)],
-            o.dilation,
-            1,
-        );
+        let options =
+            super::operator::adjoint_options(&kernel, o.stride[0], o.padding[0].0, input_size);
         conv_transpose2d(upstream, kernel, None, options)
     }
 }
@@ -150,6 +165,8 @@ pub struct Critic {
     pub convs: Vec<CriticConv>,
     /// `[B, 4*4*C] -> [B, 1]`.
     pub head: CriticLinear,
+    /// GroupSort (pairs of channels) instead of LeakyReLU after each convolution.
+    pub groupsort: bool,
 }
 
 impl Critic {
@@ -166,12 +183,28 @@ impl Critic {
         let n = super::depth(image_size);
         let mut convs = Vec::with_capacity(n);
         let (mut c_in, mut c_out) = (channels, width);
-        for _ in 0..n {
-            convs.push(CriticConv::new(c_in, c_out, spectral, device));
+        for i in 0..n {
+            convs.push(CriticConv::new(
+                c_in,
+                c_out,
+                image_size >> i,
+                spectral,
+                device,
+            ));
             (c_in, c_out) = (c_out, c_out * 2);
         }
         let head = CriticLinear::new(16 * c_in, 1, spectral, device);
-        Self { convs, head }
+        Self {
+            convs,
+            head,
+            groupsort: false,
+        }
+    }
+
+    /// The same critic with `activation` after each convolution.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.groupsort = activation == Activation::Groupsort;
+        self
     }
 
     /// `[B, C, H, W]` -> `[B, 1]`.
@@ -183,6 +216,9 @@ impl Critic {
     /// training), differentiable in W; zero without spectral-norm state.
     pub fn squared_spectral_norms(&self) -> Tensor<1> {
         let conv = self.convs.iter().filter_map(|c| {
+            if let Some(op) = &c.operator {
+                return Some(op.sigma(c.weight.val()).square());
+            }
             let sn = c.spectral.as_ref()?;
             Some(sn.sigma(as_matrix(c.weight.val())).square())
         });
@@ -212,7 +248,11 @@ impl Critic {
         let mut pre_activations = Vec::with_capacity(self.convs.len());
         for (conv, kernel) in self.convs.iter().zip(&kernels.convs) {
             let a = conv.forward_with(kernel.clone(), h); // [B, c, H/2^i, W/2^i]
-            h = leaky_relu(a.clone(), LEAKY_SLOPE);
+            h = if self.groupsort {
+                group_sort(a.clone())
+            } else {
+                leaky_relu(a.clone(), LEAKY_SLOPE)
+            };
             pre_activations.push(a);
         }
         let out = self
@@ -249,11 +289,66 @@ impl Critic {
             .zip(pre_activations)
             .zip(input_sizes);
         for ((kernel, a), size) in layers.rev() {
-            g = leaky_relu_backward(a, g, LEAKY_SLOPE); // through LeakyReLU
+            g = if self.groupsort {
+                group_sort_backward(a, g) // through GroupSort: a permutation
+            } else {
+                leaky_relu_backward(a, g, LEAKY_SLOPE) // through LeakyReLU
+            };
             g = CriticConv::input_gradient(kernel, g, size); // [B, c_in, size]
         }
         g
     }
+}
+
+/// GroupSort with groups of 2 (MaxMin, Anil et al. 2019) over channels: each pair of channels
+/// (2k, 2k+1) becomes (max, min), elementwise. `[B, C, H, W]` -> `[B, C, H, W]`, C even.
+/// Differentiable (a selection), 1-Lipschitz and gradient-norm preserving.
+pub fn group_sort(x: Tensor<4>) -> Tensor<4> {
+    let (a, b, first) = pairs(x.clone());
+    let max = b.clone().mask_where(first.clone(), a.clone());
+    let min = a.mask_where(first, b);
+    unpair(max, min, x.dims())
+}
+
+/// The input gradient of [`group_sort`] at pre-activation `x`: `upstream` `[B, C, H, W]` routed
+/// back through the permutation (the max's gradient to the larger of each pair), with the
+/// selection a constant, so that it is differentiable in `upstream` (exactly, as GroupSort's
+/// second derivative is zero almost everywhere).
+pub fn group_sort_backward(x: Tensor<4>, upstream: Tensor<4>) -> Tensor<4> {
+    let (_, _, first) = pairs(x.detach());
+    let (g_max, g_min) = pairs_of(upstream.clone());
+    let g_a = g_min.clone().mask_where(first.clone(), g_max.clone());
+    let g_b = g_max.mask_where(first, g_min);
+    unpair(g_a, g_b, upstream.dims())
+}
+
+/// The two members `[B, C/2, H, W]` of each channel pair and where the first is the larger.
+fn pairs(x: Tensor<4>) -> (Tensor<4>, Tensor<4>, Tensor<4, Bool>) {
+    let (a, b) = pairs_of(x);
+    let first = a.clone().greater_equal(b.clone());
+    (a, b, first)
+}
+
+/// The first and second member `[B, C/2, H, W]` of each channel pair.
+fn pairs_of(x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    let [batch, c, h, w] = x.dims();
+    let x = x.reshape([batch, c / 2, 2, h * w]);
+    let a = x
+        .clone()
+        .slice([0..batch, 0..c / 2, 0..1, 0..h * w])
+        .reshape([batch, c / 2, h, w]);
+    let b = x
+        .slice([0..batch, 0..c / 2, 1..2, 0..h * w])
+        .reshape([batch, c / 2, h, w]);
+    (a, b)
+}
+
+/// Interleaves `[B, C/2, H, W]` halves back into channel pairs `[B, C, H, W]`.
+fn unpair(first: Tensor<4>, second: Tensor<4>, dims: [usize; 4]) -> Tensor<4> {
+    let [batch, c, h, w] = dims;
+    let first = first.reshape([batch, c / 2, 1, h * w]);
+    let second = second.reshape([batch, c / 2, 1, h * w]);
+    Tensor::cat(vec![first, second], 2).reshape([batch, c, h, w])
 }
 
 /// A layer's weight (`[out, ...]`) and bias with PyTorch's default init, then its spectral
@@ -305,17 +400,29 @@ mod tests {
         let sn = Some(SpectralOptions {
             power_iterations: 1,
             in_forward: true,
+            operator: false,
         });
         // (image size, channels, width, spectral norm)
-        for (size, channels, width, spectral) in [
-            (32, 1, 4, None),
-            (32, 3, 8, sn),
-            (64, 3, 4, None),
-            (64, 1, 2, sn),
-            (128, 3, 2, None),
+        let op = sn.map(|o| SpectralOptions {
+            operator: true,
+            ..o
+        });
+        let gs = Activation::Groupsort;
+        let lr = Activation::LeakyRelu;
+        for (size, channels, width, spectral, activation) in [
+            (32, 1, 4, None, lr),
+            (32, 3, 8, sn, lr),
+            (64, 3, 4, None, lr),
+            (64, 1, 2, sn, lr),
+            (128, 3, 2, None, lr),
+            (32, 3, 8, op, lr),
+            (32, 1, 4, op, gs),
+            (64, 3, 2, None, gs),
         ] {
             // Frozen: no power iteration between the two passes, no weight gradients.
-            let critic = Critic::new(size, channels, width, spectral, &device).freeze();
+            let critic = Critic::new(size, channels, width, spectral, &device)
+                .with_activation(activation)
+                .freeze();
             let x = Tensor::<4>::random(
                 [3, channels, size, size],
                 Distribution::Normal(0.0, 1.0),
@@ -331,5 +438,49 @@ mod tests {
                 "{size}x{size}x{channels} w{width}: {diff} vs {scale}"
             );
         }
+    }
+
+    /// GroupSort against its definition on the host: each channel pair (2k, 2k+1) becomes
+    /// (max, min) elementwise; its backward routes each pair's gradients by the same selection
+    /// and equals autodiff's gradient of sum(w * group_sort(x)).
+    #[test]
+    fn group_sort_and_its_backward_equal_their_definitions() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let shape = [2, 6, 3, 4];
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let w = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let host =
+            |t: Tensor<4>| -> Vec<f32> { t.into_data().convert::<f32>().try_to_vec().unwrap() };
+        let (xs, ws) = (host(x.clone()), host(w.clone()));
+        let y = group_sort(x.clone());
+        let autodiff = host(x.grad(&(y.clone() * w.clone()).sum().backward()).unwrap());
+        let explicit = host(group_sort_backward(x.clone(), w));
+        let ys = host(y);
+        let plane = 3 * 4;
+        let mut expected_y = vec![0.0f32; xs.len()];
+        let mut expected_g = vec![0.0f32; xs.len()];
+        for b in 0..2 {
+            for k in 0..3 {
+                for p in 0..plane {
+                    let i = b * 6 * plane + 2 * k * plane + p; // channel 2k
+                    let j = i + plane; // channel 2k + 1
+                    let (a, c) = (xs[i], xs[j]);
+                    expected_y[i] = a.max(c);
+                    expected_y[j] = a.min(c);
+                    // d out_i / d x: the max takes the larger input's place.
+                    let (gi, gj) = if a >= c {
+                        (ws[i], ws[j])
+                    } else {
+                        (ws[j], ws[i])
+                    };
+                    expected_g[i] = gi;
+                    expected_g[j] = gj;
+                }
+            }
+        }
+        assert_eq!(ys, expected_y);
+        assert_eq!(explicit, expected_g);
+        assert_eq!(autodiff, expected_g);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod critic;
 pub mod generator;
+pub mod operator;
 pub mod spectral;
 
 pub use critic::Critic;

@@ -32,6 +32,10 @@ pub struct SpectralOptions {
     /// Divide the kernel by sigma in the forward pass (spectral_norm); when false, sigma is
     /// only estimated, for a penalty (spectral_penalty).
     pub in_forward: bool,
+    /// Normalize each convolution by its norm as an operator on the layer's input shape
+    /// ([`super::operator::OperatorNorm`]) instead of its matrix view's (`norm = "operator"`);
+    /// linear layers are their own matrix either way.
+    pub operator: bool,
 }
 
 /// Persistent power-iteration state of one kernel, saved and loaded with the model.
@@ -178,6 +182,7 @@ mod tests {
         SpectralOptions {
             power_iterations,
             in_forward: true,
+            operator: false,
         }
     }
 

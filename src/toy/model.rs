@@ -157,6 +157,7 @@ mod tests {
             Some(SpectralOptions {
                 power_iterations: 1,
                 in_forward: true,
+                operator: false,
             }),
         ] {
             let critic = ToyCritic::new(16, 3, spectral, &device);
