@@ -208,8 +208,10 @@ pub enum NormKind {
     /// The norm of the convolution as an operator on the layer's input shape (Farnia et al.
     /// 2019; Gouk et al. 2021), estimated by a persistent power iteration through the
     /// convolution and its adjoint. Each layer is then 1-Lipschitz as far as the estimate has
-    /// caught up with the weights: with one iteration per forward it lags in fast training
-    /// (measured up to 1.27 after 30 Adam steps at lr 1e-3; 1.02 with 5 iterations).
+    /// caught up with the weights, which it does not in training yet: measured on a width-8
+    /// critic after 30 Adam steps on random images, layers as used reach 1.12 with one
+    /// iteration per forward at lr 2e-4 (1.02 with three); iterating to convergence on every
+    /// forward still leaves 1.004, at 5.4x the time per iteration.
     Operator,
 }
 

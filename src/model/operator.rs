@@ -24,6 +24,13 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 /// a random matrix's, so more than the matrix view's 15.
 pub const OPERATOR_WARMUP_ITERATIONS: usize = 100;
 
+/// After [`OPERATOR_WARMUP_ITERATIONS`], the warm-up goes on while the estimate still changes
+/// by more than this (relative) per iteration, up to [`WARMUP_MAX_ITERATIONS`] in all.
+const CONVERGED: f64 = 1e-6;
+
+/// The most power iterations of the warm-up after the first [`OPERATOR_WARMUP_ITERATIONS`].
+const WARMUP_MAX_ITERATIONS: usize = 2000;
+
 /// Persistent power-iteration state of one convolution's operator norm.
 #[derive(Module, Debug)]
 pub struct OperatorNorm {
@@ -77,6 +84,10 @@ impl OperatorNorm {
         let (u, v) = norm.iterate(&kernel, OPERATOR_WARMUP_ITERATIONS);
         norm.u = RunningState::new(u);
         norm.v = RunningState::new(v);
+        // Then on to convergence (some kernels' top singular values lie very close).
+        let (u, v) = norm.refine_for(&kernel, 0, WARMUP_MAX_ITERATIONS);
+        norm.u = RunningState::new(u);
+        norm.v = RunningState::new(v);
         norm
     }
 
@@ -118,14 +129,48 @@ impl OperatorNorm {
     /// `steps` x { u = normalize(A v); v = normalize(A^T u) } from the stored `v`.
     fn iterate(&self, kernel: &Tensor<4>, steps: usize) -> (Tensor<4>, Tensor<4>) {
         let device = kernel.device();
-        let mut v = self.v.value_sync().to_device(&device).detach();
-        let mut u = self.u.value_sync().to_device(&device).detach();
-        let [_, _, h, w] = v.dims();
+        let v = self.v.value_sync().to_device(&device).detach();
+        let u = self.u.value_sync().to_device(&device).detach();
+        let (mut u, mut v) = (u, v);
         for _ in 0..steps.max(1) {
-            u = unit(self.conv(v, kernel.clone()));
-            v = unit(self.adjoint(u.clone(), kernel.clone(), [h, w]));
+            (u, v) = self.step(kernel, v);
         }
         (u.detach(), v.detach())
+    }
+
+    /// `first` steps, then more until the estimate changes by at most [`CONVERGED`] (relative)
+    /// in one step, at most `max` in all.
+    fn refine_for(&self, kernel: &Tensor<4>, first: usize, max: usize) -> (Tensor<4>, Tensor<4>) {
+        let (mut u, mut v) = self.iterate(kernel, first);
+        let mut sigma = self.rayleigh(&u, &v, kernel);
+        for _ in first.max(1)..max {
+            let (u2, v2) = self.step(kernel, v);
+            let next = self.rayleigh(&u2, &v2, kernel);
+            (u, v) = (u2, v2);
+            let converged = (next - sigma).abs() <= CONVERGED * next.abs();
+            sigma = next;
+            if converged {
+                break;
+            }
+        }
+        (u, v)
+    }
+
+    /// One power-iteration step from `v`: `u = normalize(A v)`, `v = normalize(A^T u)`.
+    fn step(&self, kernel: &Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let [_, _, h, w] = v.dims();
+        let u = unit(self.conv(v, kernel.clone()));
+        let v = unit(self.adjoint(u.clone(), kernel.clone(), [h, w]));
+        (u, v)
+    }
+
+    /// `<u, A v>` on the host.
+    fn rayleigh(&self, u: &Tensor<4>, v: &Tensor<4>, kernel: &Tensor<4>) -> f64 {
+        let s = (u.clone() * self.conv(v.clone(), kernel.clone())).sum();
+        s.into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .expect("f64")[0]
     }
 
     /// `A_W x`: the convolution without bias, `[1, in, h, w] -> [1, out, oh, ow]`.
