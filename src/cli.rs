@@ -353,7 +353,8 @@ fn parity_command(args: ParityArgs) -> Result<ExitCode> {
 }
 
 fn train_command(args: TrainArgs) -> Result<ExitCode> {
-    let config = resolve_config(&args)?;
+    let mut config = resolve_config(&args)?;
+    config.resolve_data_dir()?;
     let backend = args.backend.or(config.backend).unwrap_or(Backend::Flex);
     let adapter = args.device.or(config.device);
     backend::check_adapter(backend, adapter)?;

@@ -78,6 +78,7 @@ pub fn load_config(path: &Path, overrides: &[String], budget: Budget) -> Result<
         .iter()
         .any(|o| o.trim_start().starts_with("output.eval_every"));
     let mut config = Config::load(path, &all)?;
+    config.resolve_data_dir()?;
     if !user_sets_eval {
         // About ten evaluations per run, so that the SWD curves overlay and SWD at equal
         // training time has a value; with a time budget the config's period stays.

@@ -39,7 +39,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Folder of JPEG/PNG images, searched recursively. Relative paths are taken from the
-    /// working directory.
+    /// working directory when a run starts ([`Config::resolve_data_dir`]); the run's
+    /// config.toml records the absolute path.
     pub dir: PathBuf,
     /// Side of the square training images: 32, 64 or 128.
     pub image_size: usize,
@@ -514,6 +515,20 @@ impl ConstraintConfig {
 }
 
 impl Config {
+    /// Makes a relative `data.dir` absolute (from the working directory), so that the run's
+    /// config.toml names the data wherever `inspect`, `eval`, `sample` or `--resume` run from.
+    pub fn resolve_data_dir(&mut self) -> Result<()> {
+        if self.data.dir.is_relative() {
+            self.data.dir = std::path::absolute(&self.data.dir).with_context(|| {
+                format!(
+                    "cannot resolve data.dir = {} against the working directory",
+                    self.data.dir.display()
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// The config as TOML, as written into the run folder.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a Config always serializes")

@@ -173,3 +173,39 @@ fn wgpu_backend_without_the_feature_is_a_clear_error() {
     assert_clean_failure(&out, &stderr, &["wgpu feature", "--backend flex"]);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
+
+/// A relative `data.dir` is resolved when the run starts and recorded in the run's config.toml,
+/// so that `inspect` and `eval` work from another working directory.
+#[test]
+fn a_relative_data_dir_is_recorded_absolute_and_runs_work_from_anywhere() {
+    let (tmp, config) = setup(6);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let images = tmp.path().join("images");
+    let relative = text.replace(&format!("{images:?}"), "\"images\"");
+    assert_ne!(relative, text, "the config names the image folder");
+    std::fs::write(&config, relative).unwrap();
+    succeed(
+        binary()
+            .current_dir(tmp.path())
+            .arg("--config")
+            .arg("tiny.toml")
+            .args(["--out", "run"]),
+    );
+    let recorded = std::fs::read_to_string(tmp.path().join("run/config.toml")).unwrap();
+    assert!(
+        recorded.contains(&images.display().to_string()),
+        "{recorded}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    for command in ["inspect", "eval"] {
+        let mut cmd = binary();
+        cmd.current_dir(elsewhere.path())
+            .arg(command)
+            .arg("--run")
+            .arg(tmp.path().join("run"));
+        if command == "eval" {
+            cmd.args(["--images", "16"]);
+        }
+        succeed(&mut cmd);
+    }
+}
