@@ -84,6 +84,21 @@ def convs_only(size, a, target):
     return last(ours.stdout), last(torch.stdout)
 
 
+def target_dir():
+    """The cargo target folder to build into and run from: CARGO_TARGET_DIR when set; else the
+    one that already holds a release build (this checkout's target/, then ~/.cache/wgan-train/
+    target, which the README and .ci/run use); else the one with any release folder; else
+    cargo's default target/. A warm folder is never passed over for a second cold build."""
+    if os.environ.get("CARGO_TARGET_DIR"):
+        return os.environ["CARGO_TARGET_DIR"]
+    candidates = [os.path.join(ROOT, "target"), os.path.expanduser("~/.cache/wgan-train/target")]
+    for probe in ("release/wgan-train", "release"):
+        for t in candidates:
+            if os.path.exists(os.path.join(t, probe)):
+                return t
+    return candidates[0]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
@@ -95,13 +110,21 @@ def main():
     p.add_argument("--data", default=os.path.join(ROOT, "data", "fashion-mnist"))
     p.add_argument("--no-convs", action="store_true",
                    help="leave out the convolutions-alone timings")
+    p.add_argument("--binary", default=None,
+                   help="a wgan-train binary to time as it is (default: a release build, made "
+                        "or brought up to date in the target folder that already holds one)")
     a = p.parse_args()
     if not os.path.exists(PEER):
         sys.exit(f"error: the PyTorch peer {PEER} is missing")
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/wgan-train/target"))
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True,
-                   env=dict(os.environ, CARGO_TARGET_DIR=target))
-    binary = os.path.join(target, "release", "wgan-train")
+    target = target_dir()
+    if a.binary:
+        binary = a.binary
+    else:
+        print(f"building the release binary in {target} (cargo build --release)", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True,
+                       env=dict(os.environ, CARGO_TARGET_DIR=target))
+        binary = os.path.join(target, "release", "wgan-train")
+    print(f"timing {binary}; the convolution bench builds in {target}", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for size in a.sizes:
