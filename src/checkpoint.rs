@@ -185,8 +185,18 @@ pub fn load(dir: &Path, gan: Gan) -> Result<(Gan, TrainState)> {
     let critic: Critic = load_module(gan.critic, &dir.join("critic.bpk"))?;
     let optim_g = load_optimizer(gan.optim_g, &dir.join("optim_g.bpk"))?;
     let optim_d = load_optimizer(gan.optim_d, &dir.join("optim_d.bpk"))?;
+    let ema_path = dir.join(EMA_FILE);
     let ema = match gan.ema {
-        Some(fresh) => Some(load_module(fresh, &dir.join(EMA_FILE))?),
+        Some(fresh) if ema_path.exists() => Some(load_module(fresh, &ema_path)?),
+        // The run kept no average (train.ema_decay was 0 when it was written): start one.
+        Some(_) => {
+            eprintln!(
+                "note: {} holds no moving average of G; it starts from G at iteration {}",
+                dir.display(),
+                state.step
+            );
+            Some(generator.valid())
+        }
         None => None,
     };
     let gan = Gan {

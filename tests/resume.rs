@@ -395,3 +395,29 @@ fn the_generator_average_survives_resume_bitwise_and_sample_raw_uses_g() {
         "--raw and the average give the same image"
     );
 }
+
+/// Turning the average on when resuming a run that kept none starts it from G, with a note.
+#[test]
+fn resuming_with_the_average_turned_on_starts_it_from_g() {
+    let (tmp, config) = setup(6);
+    let run_dir = tmp.path().join("run");
+    succeed(
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(["--set", "train.iterations=2"]),
+    );
+    let err = succeed(
+        binary()
+            .args(["--resume", "--set", "train.iterations=3"])
+            .args(["--set", "train.ema_decay=0.9"])
+            .arg("--out")
+            .arg(&run_dir),
+    );
+    assert!(err.contains("starts from G at iteration 2"), "{err}");
+    assert!(
+        run_dir
+            .join("checkpoints/step_000003/generator_ema.bpk")
+            .exists()
+    );
+}
