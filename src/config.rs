@@ -48,6 +48,9 @@ pub struct DataConfig {
     pub channels: usize,
     /// Side of the centred square cropped before resizing; 0 = the largest centred square.
     pub crop: usize,
+    /// Keep the decoded images in the decoded-image cache ([`crate::cache`]) and map them from
+    /// there on the next run over the same files and preparation.
+    pub cache: bool,
 }
 
 impl Default for DataConfig {
@@ -57,6 +60,7 @@ impl Default for DataConfig {
             image_size: 32,
             channels: 1,
             crop: 0,
+            cache: true,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! parallel once, centre-cropped, resized, kept in memory as `u8`, and served as shuffled
 //! batches scaled to [-1, 1].
 
+use crate::cache;
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use image::DynamicImage;
@@ -13,17 +14,53 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// File endings taken as images (case-insensitive).
 const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// All training images in memory, channel-first, `u8`.
+/// All training images, channel-first, `u8`: decoded in memory, or memory-mapped from the
+/// decoded-image cache ([`crate::cache`]).
 #[derive(Debug, Clone)]
 pub struct ImageSet {
-    pixels: Vec<u8>,
+    pixels: Pixels,
     len: usize,
     channels: usize,
     size: usize,
+}
+
+/// Where the pixels live.
+#[derive(Clone)]
+enum Pixels {
+    Owned(Vec<u8>),
+    Mapped(Arc<cache::Mapped>),
+}
+
+impl Pixels {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Owned(v) => v,
+            Self::Mapped(m) => &m.map[m.offset..],
+        }
+    }
+}
+
+impl std::fmt::Debug for Pixels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Owned(v) => write!(f, "{} bytes in memory", v.len()),
+            Self::Mapped(m) => write!(f, "{} bytes mapped", m.map.len() - m.offset),
+        }
+    }
+}
+
+/// How [`ImageSet::load_cached`] got its images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Mapped from this existing cache file.
+    Hit(PathBuf),
+    /// Decoded, and written to this new cache file.
+    Written(PathBuf),
 }
 
 /// Files that could not be decoded, reported once as a warning.
@@ -65,6 +102,53 @@ impl ImageSet {
     /// Unreadable files are skipped and counted; no readable image is an error naming `dir`.
     pub fn load(dir: &Path, prep: Preprocess) -> Result<(Self, Skipped)> {
         Self::load_files(dir, image_files(dir)?, prep)
+    }
+
+    /// Like [`load`](Self::load), through the decoded-image cache in `cache_dir`: maps the
+    /// cache file of this folder and preparation when there is one (no decoding), else decodes
+    /// and writes it. A cache that cannot be written is reported and training goes on.
+    pub fn load_cached(
+        dir: &Path,
+        prep: Preprocess,
+        cache_dir: &Path,
+    ) -> Result<(Self, Skipped, Option<CacheUse>)> {
+        let files = image_files(dir)?;
+        let path = cache::path_for(
+            cache_dir,
+            dir,
+            &files,
+            (prep.size, prep.channels, prep.crop),
+        )?;
+        if let Some(mapped) = cache::read(&path)? {
+            let h = &mapped.header;
+            let skipped = Skipped {
+                count: h.skipped,
+                first: h.first_skipped.clone(),
+            };
+            let set = Self {
+                len: h.len,
+                channels: h.channels,
+                size: h.size,
+                pixels: Pixels::Mapped(Arc::new(mapped)),
+            };
+            return Ok((set, skipped, Some(CacheUse::Hit(path))));
+        }
+        let (set, skipped) = Self::load_files(dir, files, prep)?;
+        let header = cache::Header {
+            format: cache::FORMAT.to_string(),
+            len: set.len,
+            channels: set.channels,
+            size: set.size,
+            skipped: skipped.count,
+            first_skipped: skipped.first.clone(),
+        };
+        match cache::write(&path, &header, set.pixels.bytes()) {
+            Ok(()) => Ok((set, skipped, Some(CacheUse::Written(path)))),
+            Err(e) => {
+                eprintln!("warning: the decoded images were not cached ({e:#}); training goes on");
+                Ok((set, skipped, None))
+            }
+        }
     }
 
     /// Loads `n` images (all when there are fewer) chosen at random with `seed`, for
@@ -118,7 +202,7 @@ impl ImageSet {
             );
         }
         let set = Self {
-            pixels,
+            pixels: Pixels::Owned(pixels),
             len,
             channels: prep.channels,
             size: prep.size,
@@ -135,7 +219,7 @@ impl ImageSet {
             "ragged pixel buffer"
         );
         Self {
-            pixels,
+            pixels: Pixels::Owned(pixels),
             len,
             channels,
             size,
@@ -165,7 +249,7 @@ impl ImageSet {
     /// The `u8` pixels of image `index`, channel-first.
     pub fn image(&self, index: usize) -> &[u8] {
         let n = self.channels * self.size * self.size;
-        &self.pixels[index * n..(index + 1) * n]
+        &self.pixels.bytes()[index * n..(index + 1) * n]
     }
 
     /// The images at `indices` as a `[B, C, S, S]` tensor scaled to [-1, 1].
@@ -384,6 +468,70 @@ mod tests {
         assert!(
             e.contains("none of the 1 image files") && e.contains("bad.jpg"),
             "{e}"
+        );
+    }
+
+    /// The cache maps exactly what decoding gives; a second load maps it without decoding; a
+    /// changed file gives another cache file; a damaged cache file is an error naming it.
+    #[test]
+    fn the_cache_maps_what_decoding_gives_and_follows_changes_to_the_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("images");
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |i: u32, shade: u8| {
+            RgbImage::from_fn(40 + i, 36, |x, y| {
+                Rgb([(x * 5) as u8, (y * 3) as u8, shade])
+            })
+            .save(dir.join(format!("img{i}.png")))
+            .unwrap();
+        };
+        for i in 0..5 {
+            write(i, 40 * i as u8);
+        }
+        std::fs::write(dir.join("broken.jpg"), b"not a jpeg").unwrap();
+        let p = prep(32, 3, 0);
+        let cache_dir = tmp.path().join("cache");
+        let (decoded, _) = ImageSet::load(&dir, p).unwrap();
+        let (first, skipped, used) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
+        let Some(CacheUse::Written(path)) = used else {
+            panic!("the first load writes the cache: {used:?}")
+        };
+        let (second, skipped2, used) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
+        assert_eq!(used, Some(CacheUse::Hit(path.clone())));
+        assert!(format!("{:?}", second.pixels).contains("mapped"));
+        assert_eq!((first.len(), second.len(), decoded.len()), (5, 5, 5));
+        assert_eq!(
+            (skipped.count, skipped2.count),
+            (1, 1),
+            "the skipped file is remembered"
+        );
+        for i in 0..5 {
+            assert_eq!(second.image(i), decoded.image(i));
+            assert_eq!(first.image(i), decoded.image(i));
+        }
+        // Another preparation, or a changed file: another cache file.
+        let (_, _, other) = ImageSet::load_cached(&dir, prep(32, 1, 0), &cache_dir).unwrap();
+        assert!(matches!(other, Some(CacheUse::Written(q)) if q != path));
+        write(2, 7);
+        let (changed, _, used) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
+        assert!(
+            matches!(&used, Some(CacheUse::Written(q)) if *q != path),
+            "{used:?}"
+        );
+        assert_ne!(changed.image(2), decoded.image(2));
+        // A damaged cache file is named, not read.
+        let Some(CacheUse::Written(newest)) = used else {
+            unreachable!()
+        };
+        let bytes = std::fs::read(&newest).unwrap();
+        std::fs::write(&newest, &bytes[..bytes.len() - 1]).unwrap();
+        let err = format!(
+            "{:#}",
+            ImageSet::load_cached(&dir, p, &cache_dir).unwrap_err()
+        );
+        assert!(
+            err.contains("damaged") && err.contains(&newest.display().to_string()),
+            "{err}"
         );
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod atomic;
 pub mod backend;
+pub mod cache;
 pub mod checkpoint;
 pub mod cli;
 pub mod compare;

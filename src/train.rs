@@ -5,7 +5,7 @@
 use crate::atomic::write_atomic;
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
-use crate::data::{BatchSampler, ImageSet};
+use crate::data::{BatchSampler, CacheUse, ImageSet};
 use crate::eval::{self, Evaluator};
 use crate::gan::{CriticBatch, Gan, critic_step, generator_step};
 use crate::metrics::{self, MetricsLog, Record};
@@ -409,9 +409,32 @@ pub fn clear_run_dir(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn load_data(config: &Config) -> Result<ImageSet> {
+/// The run's images: through the decoded-image cache unless `data.cache = false`.
+pub fn load_data(config: &Config) -> Result<ImageSet> {
     let d = &config.data;
-    let (data, skipped) = ImageSet::load(&d.dir, d.preprocess())?;
+    let started = Instant::now();
+    let (data, skipped) = if d.cache {
+        let cache_dir = crate::cache::default_dir();
+        let (data, skipped, used) = ImageSet::load_cached(&d.dir, d.preprocess(), &cache_dir)?;
+        let secs = started.elapsed().as_secs_f64();
+        match used {
+            Some(CacheUse::Hit(path)) => eprintln!(
+                "images: {} from the cache {} in {secs:.2} s",
+                data.len(),
+                path.display()
+            ),
+            Some(CacheUse::Written(path)) => eprintln!(
+                "images: {} decoded in {secs:.1} s ({:.0} images/s) and cached in {} (delete it any time; data.cache = false turns the cache off)",
+                data.len(),
+                data.len() as f64 / secs,
+                path.display()
+            ),
+            None => {}
+        }
+        (data, skipped)
+    } else {
+        ImageSet::load(&d.dir, d.preprocess())?
+    };
     if let Some(warning) = skipped.warning(&d.dir) {
         eprintln!("{warning}");
     }

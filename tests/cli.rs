@@ -209,3 +209,41 @@ fn a_relative_data_dir_is_recorded_absolute_and_runs_work_from_anywhere() {
         succeed(&mut cmd);
     }
 }
+
+/// The second run on the same folder maps the decoded-image cache that the first wrote (in
+/// the folder `WGAN_TRAIN_CACHE_DIR` names); `data.cache = false` writes none.
+#[test]
+fn the_second_run_maps_the_decoded_image_cache_and_the_key_turns_it_off() {
+    let (tmp, config) = setup(5);
+    let cache = tmp.path().join("cache");
+    let train = |out: &str, extra: &[&str]| {
+        succeed(
+            binary()
+                .env("WGAN_TRAIN_CACHE_DIR", &cache)
+                .arg("--config")
+                .arg(&config)
+                .args(extra)
+                .arg("--out")
+                .arg(tmp.path().join(out)),
+        )
+    };
+    let off = train("off", &["--set", "data.cache=false"]);
+    assert!(!cache.exists(), "{off}");
+    let first = train("a", &[]);
+    assert!(
+        first.contains("decoded in") && first.contains("and cached in"),
+        "{first}"
+    );
+    let second = train("b", &[]);
+    assert!(second.contains("from the cache"), "{second}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    let losses = |run: &str| {
+        std::fs::read_to_string(tmp.path().join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split("\"sec_per_iter\"").next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses("a"), losses("b"), "cached images train the same");
+    assert_eq!(losses("off"), losses("b"));
+}

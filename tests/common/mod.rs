@@ -5,8 +5,15 @@ use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The built binary, with its decoded-image cache in the system's temp folder (not the
+/// user's cache).
 pub fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgan-train"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgan-train"));
+    cmd.env(
+        "WGAN_TRAIN_CACHE_DIR",
+        std::env::temp_dir().join("wgan-train-test-image-cache"),
+    );
+    cmd
 }
 
 /// `count` small RGB images of varied sizes (so crop and resize run), nested one level.
