@@ -4,7 +4,8 @@
 #   scripts/data_cache_bench.sh [N] [BINARY]      (default N = 200000, the release binary)
 # Makes N 178x218 JPEGs (random colour fields, about 6 KB each) under $TMPDIR once, trains one
 # iteration of configs/celeba/sn.toml on them twice with a fresh cache folder, and prints the
-# "images:" lines, which carry the seconds and images/s. Needs python3 with pillow and numpy.
+# "images:" lines, which carry the seconds and images/s. Needs pillow and numpy in python3 (or
+# in $PYTHON, e.g. the venv of scripts/setup-python.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-200000}"
@@ -13,7 +14,7 @@ root="${TMPDIR:-/tmp}/wgan-train-cache-bench"
 data="$root/images-$n"
 if [ ! -f "$data/.complete" ]; then
   mkdir -p "$data"
-  python3 - "$data" "$n" <<'PY'
+  "${PYTHON:-python3}" - "$data" "$n" <<'PY'
 import sys, os, numpy as np
 from PIL import Image
 from concurrent.futures import ProcessPoolExecutor
