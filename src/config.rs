@@ -405,15 +405,7 @@ impl Config {
 
     /// Parses TOML text, applies `overrides` and validates.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            anyhow::anyhow!("malformed TOML: {}", one_line(&e.to_string()))
-        })?;
-        for item in overrides {
-            apply_override(&mut table, item)?;
-        }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
+        let config: Config = parse_with_overrides(text, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -539,10 +531,27 @@ impl Config {
     }
 }
 
+/// Parses TOML text into `T` after applying `overrides` (`"train.iterations=200"`) to the raw
+/// table, with one-line errors; validation is the caller's. Image and toy configs share it.
+pub(crate) fn parse_with_overrides<T: serde::de::DeserializeOwned>(
+    text: &str,
+    overrides: &[String],
+) -> Result<T> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("malformed TOML: {}", one_line(&e.to_string()))
+    })?;
+    for item in overrides {
+        apply_override(&mut table, item)?;
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", one_line(&e.to_string())))
+}
+
 /// Applies one `--set a.b=value` to the raw table. The value is parsed as a TOML value
 /// (`200`, `2e-4`, `true`, `"text"`), and taken as a plain string when it is not one
 /// (`data.dir=/path/to/images`).
-pub(crate) fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     let Some((key, raw)) = item.split_once('=') else {
         bail!(
             "--set {item:?} has no '=': write --set section.key=value, e.g. --set train.iterations=200"
@@ -577,7 +586,7 @@ fn parse_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
-pub(crate) fn one_line(message: &str) -> String {
+fn one_line(message: &str) -> String {
     message
         .lines()
         .map(str::trim)

@@ -395,8 +395,14 @@ pub fn holds_anything(run_dir: &Path) -> bool {
 
 /// Removes what an earlier run wrote into `run_dir` (`--force`).
 pub fn clear_run_dir(run_dir: &Path) -> Result<()> {
-    for name in RUN_CONTENTS {
-        let path = run_dir.join(name);
+    remove_entries(run_dir, &RUN_CONTENTS)
+}
+
+/// Removes the files and folders `names` from `dir` (those that exist), naming any that
+/// cannot be removed.
+pub fn remove_entries(dir: &Path, names: &[&str]) -> Result<()> {
+    for name in names {
+        let path = dir.join(name);
         let result = if path.is_dir() {
             std::fs::remove_dir_all(&path)
         } else if path.exists() {

@@ -175,20 +175,7 @@ impl ToyConfig {
 
     /// Parses TOML text, applies `overrides` and validates.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            anyhow::anyhow!(
-                "malformed TOML: {}",
-                crate::config::one_line(&e.to_string())
-            )
-        })?;
-        for item in overrides {
-            crate::config::apply_override(&mut table, item)?;
-        }
-        let config: Self = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                anyhow::anyhow!("{}", crate::config::one_line(&e.to_string()))
-            })?;
+        let config: Self = crate::config::parse_with_overrides(text, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -686,17 +673,7 @@ pub fn prepare(dir: &Path, force: bool) -> Result<()> {
                 dir.display()
             );
         }
-        for name in RUN_CONTENTS {
-            let path = dir.join(name);
-            let result = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else if path.exists() {
-                std::fs::remove_file(&path)
-            } else {
-                Ok(())
-            };
-            result.with_context(|| format!("cannot remove {}", path.display()))?;
-        }
+        crate::train::remove_entries(dir, &RUN_CONTENTS)?;
     }
     Ok(())
 }
