@@ -9,11 +9,16 @@
 #    gemm crate's AVX2 and scalar kernels (crates/burn-flex-kernels, tests/kernels.rs,
 #    tests/torch_parity.rs) on any x86-64 machine.
 #    Optional too: without it those runs are skipped with a line saying why (not under CI).
+#  - with --quality, also Debian's dataset-fashion-mnist (the 70,000 real images under
+#    /usr/share/datasets/fashion-mnist that scripts/quality.py and scripts/init_compare.py use;
+#    not needed by the tests, so CI does not install it).
 set -euo pipefail
 command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 missing=()
-for pkg in mesa-vulkan-drivers libvulkan1 qemu-user; do
+packages=(mesa-vulkan-drivers libvulkan1 qemu-user)
+[ "${1:-}" = "--quality" ] && packages+=(dataset-fashion-mnist)
+for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -21,7 +21,8 @@ them, `PEER_INIT` loads them; the peer's own batches and noise). `peer-init` aga
 whether an outcome comes from the initial weights or from the training.
 
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
-<work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh) and a release build.
+<work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh), Debian's
+dataset-fashion-mnist (scripts/install-deps.sh --quality) and a build of wgan-train.
 
   python3 scripts/quality.py --iters 400 --seeds 0 1 2 --constraints sn gp clip
 """
@@ -188,12 +189,25 @@ def run(cmd, log, env=None):
     return time.time() - t0
 
 
-def init_state(config, seed, out):
-    """Writes the networks our run of `config` with `seed` starts from (examples/init_state.rs)."""
-    subprocess.run(["cargo", "run", "--quiet", "--release", "--no-default-features", "--example",
-                    "init_state", "--", os.path.join(ROOT, config), str(seed), out],
-                   cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=TARGET))
+def init_state(binary, config, seed, out):
+    """Writes the networks our run of `config` with `seed` starts from (examples/init_state.rs):
+    the example built beside `binary` (same profile), else built by cargo in that profile."""
+    example = os.path.join(os.path.dirname(binary), "examples", "init_state")
+    args = [os.path.join(ROOT, config), str(seed), out]
+    if os.path.exists(example):
+        subprocess.run([example] + args, check=True)
+    else:
+        profile = ["--release"] if os.path.basename(os.path.dirname(binary)) == "release" else []
+        subprocess.run(["cargo", "run", "--quiet", *profile, "--example", "init_state", "--", *args],
+                       cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=TARGET))
     return out
+
+
+def default_binary():
+    """The release binary in TARGET, else the dev-profile one (opt-level 3; no second cold build)."""
+    release = os.path.join(TARGET, "release", "wgan-train")
+    debug = os.path.join(TARGET, "debug", "wgan-train")
+    return release if os.path.exists(release) or not os.path.exists(debug) else debug
 
 
 def main():
@@ -207,7 +221,8 @@ def main():
     p.add_argument("--images", type=int, default=10000, help="training images (first N)")
     p.add_argument("--data", default=None, help="image folder instead of Fashion-MNIST")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--binary", default=os.path.join(TARGET, "release", "wgan-train"))
+    p.add_argument("--binary", default=default_binary(),
+                   help="wgan-train to run (default: TARGET/release, else TARGET/debug)")
     p.add_argument("--set", action="append", default=[], help="extra --set for ours")
     p.add_argument("--work", default=os.path.join(ROOT, "runs", "quality"))
     a = p.parse_args()
@@ -255,7 +270,7 @@ def main():
                     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
                     env.pop("PEER_INIT", None)
                     if trainer == "peer-init":
-                        env["PEER_INIT"] = init_state(config, seed, run_dir + ".init.safetensors")
+                        env["PEER_INIT"] = init_state(a.binary, config, seed, run_dir + ".init.safetensors")
                     secs = run(cmd, run_dir + ".log", env)
                     g.load_state_dict(torch.load(pt))
                 row = {"trainer": trainer, "constraint": c, "iters": a.iters, "seed": seed,
