@@ -8,11 +8,13 @@ into --out that tests/torch_parity.rs feeds to wgan-train's step functions and c
   init.safetensors    the starting weights: "g.<name>" / "d.<name>" as in the state dicts
                       (spectral-norm `_u`, `_v` and BatchNorm statistics included)
   inputs.safetensors  real [K, B, C, S, S], z_critic [K, B, z], epsilon [K, B, 1, 1, 1]
-                      (K = iters * n_critic) and z_gen [iters, B, z]
+                      (K = iters * n_critic) and z_gen [iters, B, z]; with --real-index the
+                      real batches as data [N, C, S, S] and real_index [K, B] (long runs)
   critic_1.safetensors   the state after the first critic step
   iter_1.safetensors     after the first generator iteration (n_critic critic steps, 1 G step)
   iter_N.safetensors     after --iters iterations
-  (--save-all: critic_K / iter_N after every step, to find the first step that differs)
+  (--save-all: critic_K / iter_N after every step, to find the first step that differs;
+   --save-at N ...: iter_N after those iterations too)
   sigmas.safetensors  "sigma": u^T W v of every spectrally normalized layer after each forward
                       of the run's first --sigma-steps critic steps, [steps * 2, layers]
 
@@ -71,12 +73,17 @@ def main():
     p.add_argument("--limit", type=int, default=256, help="images read from --data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-all", action="store_true", help="write critic_K / iter_N after every step")
+    p.add_argument("--save-at", type=int, nargs="*", default=[], help="also write iter_N after these")
+    p.add_argument("--real-index", action="store_true", help="store the data and batch indices")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="train only this many of the --iters iterations drawn")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     a = p.parse_args()
     sys.path.insert(0, a.peer)
     from torch_wgan import D, G, load_folder
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
     data = load_folder(a.data, a.size, a.channels, a.limit)
@@ -85,13 +92,18 @@ def main():
     save_file(state(g, d), os.path.join(a.out, "init.safetensors"))
 
     k, b = a.iters * a.n_critic, a.batch
+    index = torch.randint(0, data.shape[0], (k * b,))
     inputs = {
-        "real": data[torch.randint(0, data.shape[0], (k * b,))].reshape(k, b, *data.shape[1:]),
+        "real": data[index].reshape(k, b, *data.shape[1:]),
         "z_critic": torch.randn(k, b, a.z_dim),
         "epsilon": torch.rand(k, b, 1, 1, 1),
         "z_gen": torch.randn(a.iters, b, a.z_dim),
     }
-    save_file({n: t.contiguous() for n, t in inputs.items()}, os.path.join(a.out, "inputs.safetensors"))
+    stored = dict(inputs)
+    if a.real_index:
+        del stored["real"]
+        stored["data"], stored["real_index"] = data, index.reshape(k, b)
+    save_file({n: t.contiguous() for n, t in stored.items()}, os.path.join(a.out, "inputs.safetensors"))
 
     dtype = getattr(torch, a.dtype)
     g, d = g.to(dtype), d.to(dtype)
@@ -104,7 +116,7 @@ def main():
         od = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.0, 0.9))
     sigma_rows = []
     step = 0
-    for it in range(a.iters):
+    for it in range(a.iters if a.stop_after is None else a.stop_after):
         for _ in range(a.n_critic):
             real, z = inputs["real"][step], inputs["z_critic"][step]
             with torch.no_grad():
@@ -137,7 +149,7 @@ def main():
         og.zero_grad(set_to_none=True)
         gl.backward()
         og.step()
-        if it + 1 in (1, a.iters) or a.save_all:
+        if it + 1 in (1, a.iters) or it + 1 in a.save_at or a.save_all:
             save_file(state(g, d), os.path.join(a.out, f"iter_{it + 1}.safetensors"))
     if a.constraint == "sn":
         sig = torch.tensor(sigma_rows, dtype=torch.float64)
