@@ -189,17 +189,24 @@ def run(cmd, log, env=None):
     return time.time() - t0
 
 
+def example(name, profile):
+    """The binary of examples/<name>.rs in TARGET/<profile>, built by cargo in that profile
+    when it is not there."""
+    path = os.path.join(TARGET, profile, "examples", name)
+    if not os.path.exists(path):
+        flag = ["--release"] if profile == "release" else []
+        subprocess.run(["cargo", "build", "--quiet", *flag, "--example", name], cwd=ROOT,
+                       check=True, env=dict(os.environ, CARGO_TARGET_DIR=TARGET))
+    return path
+
+
 def init_state(binary, config, seed, out):
     """Writes the networks our run of `config` with `seed` starts from (examples/init_state.rs):
     the example built beside `binary` (same profile), else built by cargo in that profile."""
-    example = os.path.join(os.path.dirname(binary), "examples", "init_state")
-    args = [os.path.join(ROOT, config), str(seed), out]
-    if os.path.exists(example):
-        subprocess.run([example] + args, check=True)
-    else:
-        profile = ["--release"] if os.path.basename(os.path.dirname(binary)) == "release" else []
-        subprocess.run(["cargo", "run", "--quiet", *profile, "--example", "init_state", "--", *args],
-                       cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=TARGET))
+    beside = os.path.join(os.path.dirname(binary), "examples", "init_state")
+    if not os.path.exists(beside):
+        beside = example("init_state", os.path.basename(os.path.dirname(binary)))
+    subprocess.run([beside, os.path.join(ROOT, config), str(seed), out], check=True)
     return out
 
 

@@ -27,22 +27,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality  # noqa: E402
 
 ROOT = quality.ROOT
-
-
-def replay_binary(profile):
-    path = os.path.join(quality.TARGET, profile, "examples", "replay")
-    if not os.path.exists(path):
-        flag = ["--release"] if profile == "release" else []
-        subprocess.run(["cargo", "build", "--quiet", *flag, "--example", "replay"], cwd=ROOT,
-                       check=True, env=dict(os.environ, CARGO_TARGET_DIR=quality.TARGET))
-    return path
 
 
 def done(work, run, iters):
@@ -96,7 +86,7 @@ def main():
     config, sets = quality.SETTINGS[a.constraint]
     t0 = time.time()
     if not done(work, "ours", a.iters):
-        subprocess.run([replay_binary(a.profile), os.path.join(ROOT, config),
+        subprocess.run([quality.example("replay", a.profile), os.path.join(ROOT, config),
                         os.path.join(work, "f32"), os.path.join(work, "ours"),
                         ",".join(map(str, save_at)), *sets], check=True,
                        env=dict(os.environ, RAYON_NUM_THREADS="2"))
@@ -111,14 +101,14 @@ def main():
     rows = []
     for n in save_at:
         name = f"iter_{n}.safetensors"
-        runs = ("f32", "f64", "ours") if n <= f64_iters else ("f32", "ours")
-        gs = {k: generator(os.path.join(work, k, name), G) for k in runs}
+        present = ("f32", "f64", "ours") if n <= f64_iters else ("f32", "ours")
+        gs = {k: generator(os.path.join(work, k, name), G) for k in present}
         with torch.no_grad():
             out = {k: g(z) for k, g in gs.items()}
-        rms = {k: float((out[k] - out["f32"]).pow(2).mean().sqrt()) for k in runs[1:]}
+        rms = {k: float((out[k] - out["f32"]).pow(2).mean().sqrt()) for k in present[1:]}
         theta = {k: torch.cat([v.flatten() for v in g.state_dict().values() if v.is_floating_point()])
                  for k, g in gs.items()}
-        rel = {k: float((theta[k] - theta["f32"]).norm() / theta["f32"].norm()) for k in runs[1:]}
+        rel = {k: float((theta[k] - theta["f32"]).norm() / theta["f32"].norm()) for k in present[1:]}
         scores = {k: quality.score(net, real_feats, quality.sample_peer_g(g, a.samples, a.seed))
                   for k, g in gs.items()}
         rows.append({"iter": n, "g_rms": rms, "param_rel": rel, "scores": scores})
