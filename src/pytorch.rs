@@ -2,13 +2,16 @@
 //! architecture): one walk over each network names every tensor as PyTorch does and converts the
 //! layouts, and serves both directions: [`export_generator`] writes safetensors that
 //! `G.load_state_dict` takes, [`load_generator`] and [`load_critic`] read the peer's weights (the
-//! training-parity test starts both trainers from the same ones), [`state_dict`] lists ours.
+//! training-parity test starts both trainers from the same ones), [`generator_state`] and [`critic_state`] list ours;
+//! [`Replay`] takes the peer's steps on inputs drawn on the peer's side.
 //!
 //! Written by hand over the `safetensors` crate rather than through `burn-store`'s PyTorch
 //! adapter: the spectral-norm vectors `_u`, `_v` are running states here and parametrization
 //! buffers there, which a key remapping alone does not carry across.
 
 use crate::atomic::write_atomic;
+use crate::config::TrainSection;
+use crate::gan::{CriticBatch, Gan, critic_step, generator_step};
 use crate::model::critic::{CriticConv, CriticLinear};
 use crate::model::generator::UpBlock;
 use crate::model::{Critic, Generator, SpectralNorm};
@@ -312,6 +315,155 @@ pub fn write_safetensors(entries: &[Entry], path: &Path) -> Result<()> {
 /// `G.load_state_dict`. `batches` fills BatchNorm's `num_batches_tracked`.
 pub fn export_generator(generator: &Generator, batches: i64, path: &Path) -> Result<()> {
     write_safetensors(&generator_state(generator, "", Some(batches)), path)
+}
+
+/// Every tensor of a safetensors file, as f32 values (F32, or I64 converted) and shape.
+pub type Arrays = std::collections::BTreeMap<String, (Vec<f32>, Vec<usize>)>;
+
+/// Reads every tensor of the safetensors file at `path` as f32 (`I64` converted, e.g. BatchNorm's
+/// `num_batches_tracked` or the drawn `real_index`); another dtype is an error naming the tensor.
+pub fn read_arrays(path: &Path) -> Result<Arrays> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let mut out = Arrays::new();
+    for (name, view) in file.tensors() {
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+            Dtype::I64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            other => bail!(
+                "{}: tensor {name} has dtype {other:?}, expected F32 or I64",
+                path.display()
+            ),
+        };
+        out.insert(name, (values, view.shape().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Both networks of `gan` under the peer's names, generator as `g.`, critic as `d.` (the layout
+/// `scripts/torch_parity.py` writes).
+pub fn gan_state(gan: &Gan) -> Vec<Entry> {
+    let mut entries = generator_state(&gan.generator, "g.", None);
+    entries.extend(critic_state(&gan.critic, "d."));
+    entries
+}
+
+/// Replaces both networks of `gan` by the `g.` / `d.` tensors of the safetensors file at `path`.
+pub fn load_gan(mut gan: Gan, path: &Path) -> Result<Gan> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    gan.generator = load_generator(gan.generator, &file, "g.")
+        .with_context(|| format!("generator from {}", path.display()))?;
+    gan.critic = load_critic(gan.critic, &file, "d.")
+        .with_context(|| format!("critic from {}", path.display()))?;
+    Ok(gan)
+}
+
+/// Every input of a run drawn once on the PyTorch side (`scripts/torch_parity.py`'s
+/// `inputs.safetensors`): real batches as `real` `[K, B, C, S, S]`, or as `data` `[N, C, S, S]`
+/// with `real_index` `[K, B]`; `z_critic` `[K, B, z]`, `epsilon` `[K, B]` (any shape of K*B
+/// values) for the K = iterations * n_critic critic steps, `z_gen` `[iterations, B, z]`.
+/// Feeding them to [`Replay::iteration`] takes the peer's steps on the peer's inputs: the
+/// training-parity test and `examples/replay.rs` both do.
+pub struct Replay {
+    arrays: Arrays,
+    device: Device,
+    /// `[C, S, S]` of one image.
+    image: [usize; 3],
+}
+
+impl Replay {
+    /// Reads the drawn inputs at `path`, for images of `channels` x `size` x `size`.
+    pub fn load(path: &Path, channels: usize, size: usize, device: &Device) -> Result<Self> {
+        let arrays = read_arrays(path)?;
+        for name in ["z_critic", "epsilon", "z_gen"] {
+            if !arrays.contains_key(name) {
+                bail!("{}: no tensor {name}", path.display());
+            }
+        }
+        if !arrays.contains_key("real") && !arrays.contains_key("real_index") {
+            bail!("{}: neither `real` nor `real_index`", path.display());
+        }
+        Ok(Self {
+            arrays,
+            device: device.clone(),
+            image: [channels, size, size],
+        })
+    }
+
+    /// `(iterations, batch, z_dim)`, from `z_gen`'s shape.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        let shape = &self.arrays["z_gen"].1;
+        (shape[0], shape[1], shape[2])
+    }
+
+    /// Block `index` of `shape`'s size from the flat array `name`.
+    fn block<const D: usize>(&self, name: &str, index: usize, shape: [usize; D]) -> Tensor<D> {
+        let n: usize = shape.iter().product();
+        let values = self.arrays[name].0[index * n..(index + 1) * n].to_vec();
+        Tensor::from_data(TensorData::new(values, shape), &self.device)
+    }
+
+    /// The real images of critic step `k`: `[B, C, S, S]`.
+    fn real(&self, k: usize) -> Tensor<4> {
+        let (_, batch, _) = self.dims();
+        let [c, s, _] = self.image;
+        let shape = [batch, c, s, s];
+        if self.arrays.contains_key("real") {
+            return self.block("real", k, shape);
+        }
+        let n = c * s * s;
+        let data = &self.arrays["data"].0;
+        let values: Vec<f32> = self.arrays["real_index"].0[k * batch..(k + 1) * batch]
+            .iter()
+            .flat_map(|&i| data[i as usize * n..(i as usize + 1) * n].iter().copied())
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), &self.device)
+    }
+
+    /// The inputs of critic step `k` (counted over the whole run).
+    pub fn critic_batch(&self, k: usize) -> CriticBatch {
+        let (_, batch, z_dim) = self.dims();
+        CriticBatch {
+            real: self.real(k),
+            z: self.block("z_critic", k, [batch, z_dim]),
+            epsilon: self.block("epsilon", k, [batch, 1, 1, 1]),
+        }
+    }
+
+    /// The generator step's noise of iteration `it`: `[B, z]`.
+    pub fn z_gen(&self, it: usize) -> Tensor<2> {
+        let (_, batch, z_dim) = self.dims();
+        self.block("z_gen", it, [batch, z_dim])
+    }
+
+    /// Iteration `it` (from 0) of `train`'s schedule on these inputs: `n_critic` critic steps,
+    /// calling `after_critic(k, gan)` after each (k counted over the run, from 0), then one
+    /// generator step.
+    pub fn iteration(
+        &self,
+        gan: &mut Gan,
+        it: usize,
+        train: &TrainSection,
+        mut after_critic: impl FnMut(usize, &Gan),
+    ) {
+        for j in 0..train.n_critic {
+            let k = it * train.n_critic + j;
+            critic_step(gan, self.critic_batch(k), train.lr_d);
+            after_critic(k, gan);
+        }
+        generator_step(gan, self.z_gen(it), train.lr_g);
+    }
 }
 
 #[cfg(test)]

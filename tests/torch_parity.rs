@@ -27,12 +27,11 @@
 mod common;
 
 use burn::prelude::*;
-use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use wgan_train::config::Config;
-use wgan_train::gan::{CriticBatch, Gan, critic_step, generator_step};
-use wgan_train::pytorch::{Entry, critic_state, generator_state, load_critic, load_generator};
+use wgan_train::gan::Gan;
+use wgan_train::pytorch::{Replay, gan_state, load_gan, read_arrays};
 
 /// Ours may differ from the float32 peer by this many times the peer's own f32-vs-f64 distance.
 const NOISE_FACTOR: f32 = 20.0;
@@ -90,18 +89,10 @@ fn run_peer(python: &str, out: &Path, constraint: &str, dtype: &str) {
 type Tensors = BTreeMap<String, Vec<f32>>;
 
 fn read(path: &Path) -> Tensors {
-    let bytes = std::fs::read(path).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
+    read_arrays(path)
+        .unwrap()
         .into_iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (name, values)
-        })
+        .map(|(name, (values, _))| (name, values))
         .collect()
 }
 
@@ -138,34 +129,10 @@ kind = "{kind}"
 
 /// Ours as the peer's state dict (`g.` / `d.` names).
 fn ours(gan: &Gan) -> Tensors {
-    let mut entries: Vec<Entry> = generator_state(&gan.generator, "g.", None);
-    entries.extend(critic_state(&gan.critic, "d."));
-    entries
+    gan_state(gan)
         .into_iter()
         .map(|e| (e.name.clone(), e.values()))
         .collect()
-}
-
-/// The inputs of critic step `k` / generator step `it`, cut from the drawn arrays.
-struct Inputs {
-    all: Tensors,
-    device: Device,
-}
-
-impl Inputs {
-    fn slice<const D: usize>(&self, name: &str, index: usize, shape: [usize; D]) -> Tensor<D> {
-        let n: usize = shape.iter().product();
-        let values = self.all[name][index * n..(index + 1) * n].to_vec();
-        Tensor::from_data(TensorData::new(values, shape), &self.device)
-    }
-
-    fn critic(&self, k: usize) -> CriticBatch {
-        CriticBatch {
-            real: self.slice("real", k, [BATCH, 1, SIZE, SIZE]),
-            z: self.slice("z_critic", k, [BATCH, Z_DIM]),
-            epsilon: self.slice("epsilon", k, [BATCH, 1, 1, 1]),
-        }
-    }
 }
 
 /// Each tensor of `ours` against the f32 peer, within the f32-vs-f64 noise (and, when `start`
@@ -217,15 +184,9 @@ fn parity(python: &str, constraint: &str) -> Vec<String> {
 
     let config = config(constraint);
     let device = Device::flex().autodiff();
-    let mut gan = Gan::new(&config, &device);
-    let init = std::fs::read(f32_dir.join("init.safetensors")).unwrap();
-    let init = SafeTensors::deserialize(&init).unwrap();
-    gan.generator = load_generator(gan.generator, &init, "g.").unwrap();
-    gan.critic = load_critic(gan.critic, &init, "d.").unwrap();
-    let inputs = Inputs {
-        all: read(&f32_dir.join("inputs.safetensors")),
-        device: device.clone(),
-    };
+    let init = f32_dir.join("init.safetensors");
+    let mut gan = load_gan(Gan::new(&config, &device), &init).unwrap();
+    let replay = Replay::load(&f32_dir.join("inputs.safetensors"), 1, SIZE, &device).unwrap();
     let start = read(&f32_dir.join("init.safetensors"));
     let stage = |gan: &Gan, file: &str, long: bool| {
         compare(
@@ -237,18 +198,13 @@ fn parity(python: &str, constraint: &str) -> Vec<String> {
         )
     };
     let mut failures = stage(&gan, "init.safetensors", false);
-    let t = &config.train;
-    let mut k = 0;
     let iters = iters();
     for it in 0..iters {
-        for _ in 0..N_CRITIC {
-            critic_step(&mut gan, inputs.critic(k), t.lr_d);
-            k += 1;
-            if k == 1 {
-                failures.extend(stage(&gan, "critic_1.safetensors", false));
+        replay.iteration(&mut gan, it, &config.train, |k, gan| {
+            if k == 0 {
+                failures.extend(stage(gan, "critic_1.safetensors", false));
             }
-        }
-        generator_step(&mut gan, inputs.slice("z_gen", it, [BATCH, Z_DIM]), t.lr_g);
+        });
         if it + 1 == 1 || it + 1 == iters {
             let file = format!("iter_{}.safetensors", it + 1);
             failures.extend(stage(&gan, &file, it + 1 == iters && iters > 1));
