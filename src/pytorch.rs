@@ -2,8 +2,9 @@
 //! architecture): one walk over each network names every tensor as PyTorch does and converts the
 //! layouts, and serves both directions: [`export_generator`] writes safetensors that
 //! `G.load_state_dict` takes, [`load_generator`] and [`load_critic`] read the peer's weights (the
-//! training-parity test starts both trainers from the same ones), [`generator_state`] and [`critic_state`] list ours;
-//! [`Replay`] takes the peer's steps on inputs drawn on the peer's side.
+//! training-parity test starts both trainers from the same ones), [`generator_state`] and
+//! [`critic_state`] list ours; [`Replay`] takes the peer's steps on inputs drawn on the peer's
+//! side.
 //!
 //! Written by hand over the `safetensors` crate rather than through `burn-store`'s PyTorch
 //! adapter: the spectral-norm vectors `_u`, `_v` are running states here and parametrization
@@ -53,11 +54,16 @@ impl Entry {
 
     /// The values as f32 (for F32 entries).
     pub fn values(&self) -> Vec<f32> {
-        self.bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .collect()
+        le_f32s(&self.bytes)
     }
+}
+
+/// Little-endian f32 values from `bytes` (safetensors' F32 layout).
+fn le_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect()
 }
 
 /// What the walks do at each tensor: read it out, or replace it.
@@ -212,11 +218,7 @@ impl Writer<'_> {
                     view.shape()
                 );
             }
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect();
+            let values = le_f32s(view.data());
             Ok(Tensor::from_data(TensorData::new(values, shape), device))
         })();
         result.map_err(|e| self.error = Some(e)).ok()
@@ -329,11 +331,7 @@ pub fn read_arrays(path: &Path) -> Result<Arrays> {
     let mut out = Arrays::new();
     for (name, view) in file.tensors() {
         let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect(),
+            Dtype::F32 => le_f32s(view.data()),
             Dtype::I64 => view
                 .data()
                 .chunks_exact(8)
@@ -391,8 +389,12 @@ impl Replay {
                 bail!("{}: no tensor {name}", path.display());
             }
         }
-        if !arrays.contains_key("real") && !arrays.contains_key("real_index") {
-            bail!("{}: neither `real` nor `real_index`", path.display());
+        let indexed = arrays.contains_key("data") && arrays.contains_key("real_index");
+        if !arrays.contains_key("real") && !indexed {
+            bail!(
+                "{}: neither `real` nor `data` with `real_index`",
+                path.display()
+            );
         }
         Ok(Self {
             arrays,
@@ -432,7 +434,7 @@ impl Replay {
     }
 
     /// The inputs of critic step `k` (counted over the whole run).
-    pub fn critic_batch(&self, k: usize) -> CriticBatch {
+    fn critic_batch(&self, k: usize) -> CriticBatch {
         let (_, batch, z_dim) = self.dims();
         CriticBatch {
             real: self.real(k),
@@ -442,7 +444,7 @@ impl Replay {
     }
 
     /// The generator step's noise of iteration `it`: `[B, z]`.
-    pub fn z_gen(&self, it: usize) -> Tensor<2> {
+    fn z_gen(&self, it: usize) -> Tensor<2> {
         let (_, batch, z_dim) = self.dims();
         self.block("z_gen", it, [batch, z_dim])
     }
@@ -609,11 +611,7 @@ mod tests {
             .into_data()
             .try_to_vec()
             .unwrap(); // [in, out]
-        let torch_w: Vec<f32> = fc
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let torch_w = le_f32s(fc.data());
         let (d_in, d_out) = (16, 16 * 32);
         assert_eq!(torch_w[5 * d_in + 3], burn_w[3 * d_out + 5]);
         assert_eq!(st.tensor("net.0.weight").unwrap().shape(), &[32, 16, 4, 4]);
