@@ -213,10 +213,11 @@ pub enum NormKind {
     /// The norm of the convolution as an operator on the layer's input shape (Farnia et al.
     /// 2019; Gouk et al. 2021), estimated by a persistent power iteration through the
     /// convolution and its adjoint. Each layer is then 1-Lipschitz as far as the estimate has
-    /// caught up with the weights, which it does not in training yet: measured on a width-8
+    /// caught up with the weights, which it does not in training: measured on a width-8
     /// critic after 30 Adam steps on random images, layers as used reach 1.12 with one
     /// iteration per forward at lr 2e-4 (1.02 with three); iterating to convergence on every
-    /// forward still leaves 1.004, at 5.4x the time per iteration.
+    /// forward still leaves 1.004, at 5.4x the time per iteration. `certify = true` divides
+    /// by a certified upper bound instead.
     Operator,
 }
 
@@ -253,6 +254,12 @@ pub struct ConstraintConfig {
     /// spectral_norm, spectral_penalty: `"matrix"` (default) or `"operator"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub norm: Option<NormKind>,
+    /// spectral_norm with `norm = "operator"`: divide every layer by a certified upper bound
+    /// on its norm (module `model::bound`, recomputed after each critic step) instead of
+    /// the power-iteration estimate, so that the critic is provably 1-Lipschitz (default
+    /// false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certify: Option<bool>,
 }
 
 impl Default for ConstraintConfig {
@@ -264,6 +271,7 @@ impl Default for ConstraintConfig {
             one_sided: None,
             clip_value: None,
             norm: None,
+            certify: None,
         }
     }
 }
@@ -297,8 +305,13 @@ impl ConstraintConfig {
         self.norm == Some(NormKind::Operator)
     }
 
+    /// Whether layers are divided by certified upper bounds on their norms.
+    pub fn certify(&self) -> bool {
+        self.certify.unwrap_or(false)
+    }
+
     /// Which kinds each optional key applies to.
-    fn key_applies(&self) -> [(&'static str, bool, &'static [ConstraintKind]); 5] {
+    fn key_applies(&self) -> [(&'static str, bool, &'static [ConstraintKind]); 6] {
         use ConstraintKind::*;
         [
             (
@@ -318,6 +331,7 @@ impl ConstraintConfig {
                 self.norm.is_some(),
                 &[SpectralNorm, SpectralPenalty],
             ),
+            ("certify", self.certify.is_some(), &[SpectralNorm]),
         ]
     }
 }
@@ -491,6 +505,11 @@ impl ConstraintConfig {
                     names.join(", ")
                 );
             }
+        }
+        if c.certify() && !c.operator() {
+            bail!(
+                "constraint.certify = true needs constraint.norm = \"operator\" (a matrix-view bound does not bound the convolution): add it or remove certify"
+            );
         }
         if !(1..=100).contains(&c.power_iterations()) {
             bail!(
@@ -673,6 +692,19 @@ mod tests {
         assert!(err("[train]\nlr_d = 0.0\n", &[]).contains("train.lr_d"));
         assert!(err("[train]\nbeta2 = 1.0\n", &[]).contains("train.beta2"));
         assert!(err("[output]\ngrid_rows = 0\n", &[]).contains("output.grid_rows"));
+        // A certified bound needs the operator norm, and applies to spectral_norm only.
+        let e = err("[constraint]\ncertify = true\n", &[]);
+        assert!(
+            e.contains("constraint.certify") && e.contains("operator"),
+            "{e}"
+        );
+        let e = err(
+            "[constraint]\nkind = \"gradient_penalty\"\ncertify = true\n",
+            &[],
+        );
+        assert!(e.contains("constraint.certify does not apply"), "{e}");
+        let ok = "[constraint]\nnorm = \"operator\"\ncertify = true\n";
+        assert!(Config::from_toml(ok, &[]).unwrap().constraint.certify());
     }
 
     #[test]
@@ -752,7 +784,9 @@ mod shipped_configs {
                     let c = Config::load(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
                     let stem = path.file_stem().unwrap().to_str().unwrap();
                     let expected = match stem {
-                        "sn" => ConstraintKind::SpectralNorm,
+                        "sn" | "sn-operator" | "sn-operator-groupsort" => {
+                            ConstraintKind::SpectralNorm
+                        }
                         "gp" | "gp1" => ConstraintKind::GradientPenalty,
                         "clip" => ConstraintKind::WeightClipping,
                         "sp" => ConstraintKind::SpectralPenalty,
@@ -761,10 +795,15 @@ mod shipped_configs {
                     };
                     assert_eq!(c.constraint.kind, expected, "{}", path.display());
                     assert_eq!(c.constraint.one_sided(), stem == "gp1");
+                    // The operator configs are the certified critic, with the named activation.
+                    let operator = stem.starts_with("sn-operator");
+                    assert_eq!(c.constraint.operator() && c.constraint.certify(), operator);
+                    let groupsort = c.model.critic_activation == Activation::Groupsort;
+                    assert_eq!(groupsort, stem.ends_with("groupsort"), "{}", path.display());
                     seen += 1;
                 }
             }
         }
-        assert_eq!(seen, 12);
+        assert_eq!(seen, 16);
     }
 }

@@ -19,6 +19,8 @@ pub enum Constraint {
         power_iterations: usize,
         /// Convolutions by their operator norm (`norm = "operator"`), not their matrix view's.
         operator: bool,
+        /// Layers divided by certified upper bounds on their norms (`certify = true`).
+        certify: bool,
     },
     /// WGAN-GP penalty on the input-gradient norm at random interpolates.
     GradientPenalty {
@@ -63,6 +65,7 @@ impl Constraint {
             ConstraintKind::SpectralNorm => Self::SpectralNorm {
                 power_iterations: config.power_iterations(),
                 operator: config.operator(),
+                certify: config.certify(),
             },
             ConstraintKind::GradientPenalty => Self::GradientPenalty {
                 lambda: config.lambda(),
@@ -86,10 +89,12 @@ impl Constraint {
             Self::SpectralNorm {
                 power_iterations,
                 operator,
+                certify,
             } => Some(SpectralOptions {
                 power_iterations,
                 in_forward: true,
                 operator,
+                certify,
             }),
             Self::SpectralPenalty {
                 power_iterations,
@@ -99,6 +104,7 @@ impl Constraint {
                 power_iterations,
                 in_forward: false,
                 operator,
+                certify: false,
             }),
             _ => None,
         }
@@ -124,6 +130,10 @@ impl Constraint {
     pub fn after_critic_step(&self, critic: Critic) -> Critic {
         match *self {
             Self::WeightClipping { clip_value } => clip_weights(critic, clip_value),
+            Self::SpectralNorm { certify: true, .. } => {
+                critic.certify();
+                critic
+            }
             _ => critic,
         }
     }
@@ -469,6 +479,7 @@ mod tests {
             power_iterations: 1,
             in_forward: true,
             operator: false,
+            certify: false,
         };
         let critic = Critic::new(32, 1, 4, Some(options), &device);
         let u_of = |c: &Critic| -> Vec<f32> {
@@ -510,6 +521,7 @@ mod tests {
             power_iterations: 1,
             in_forward: false,
             operator: false,
+            certify: false,
         };
         let critic = Critic::new(32, 1, 8, Some(options), &device);
         let constraint = Constraint::SpectralPenalty {

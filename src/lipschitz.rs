@@ -8,6 +8,7 @@
 //! SN controls, and the convolution's operator norm can exceed it (by at most
 //! `ceil(k/s) = 2`, the overlap of the windows): the gradient norms measure the real thing.
 
+use crate::model::bound::{conv_bound, matrix_bound};
 use crate::model::critic::{Critic, CriticConv};
 use crate::model::spectral::{SpectralNorm, as_matrix};
 use burn::prelude::*;
@@ -63,14 +64,18 @@ pub struct Lipschitz {
     /// input shape by power iteration, then the head): a true Lipschitz constant per layer.
     #[serde(default)]
     pub operator_norms: Vec<f64>,
-    /// Whether the product of `operator_norms` is at most 1 (+ [`CERTIFY_TOLERANCE`]): the
-    /// critic is then 1-Lipschitz (LeakyReLU and GroupSort are 1-Lipschitz), to the precision
-    /// of the power iterations that measure the convolutions ([`OPERATOR_NORM_STEPS`] steps).
+    /// A certified upper bound on each layer's norm as used ([`crate::model::bound`]:
+    /// convolutions by the circular polyphase bound and Gram iteration, then the head); each
+    /// is at least the corresponding `operator_norms` entry.
+    #[serde(default)]
+    pub operator_bounds: Vec<f64>,
+    /// Whether the product of `operator_bounds` is at most 1 (+ [`CERTIFY_TOLERANCE`]): the
+    /// critic is then provably 1-Lipschitz (LeakyReLU and GroupSort are 1-Lipschitz).
     #[serde(default)]
     pub certified: bool,
 }
 
-/// Slack on 1 for [`Lipschitz::certified`]: the power iteration's precision.
+/// Slack on 1 for [`Lipschitz::certified`] (f32 rounding of the kernels as used).
 pub const CERTIFY_TOLERANCE: f64 = 1e-3;
 
 /// Power-iteration steps for the convolutions' operator norms in the diagnostics.
@@ -163,6 +168,29 @@ pub fn conv_operator_norms(critic: &Critic, image_size: usize, steps: usize) -> 
         .collect()
 }
 
+/// A certified upper bound on the norm of every critic layer as used in the forward pass
+/// (convolutions on the inputs of an `image_size` image, then the head).
+pub fn operator_bounds(critic: &Critic, image_size: usize) -> Vec<f64> {
+    let o = CriticConv::options();
+    critic
+        .convs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let size = image_size >> i;
+            conv_bound(
+                &c.kernel().detach(),
+                [size, size],
+                o.stride[0],
+                o.padding[0].0,
+            )
+        })
+        .chain(std::iter::once(matrix_bound(
+            &critic.head.kernel().detach(),
+        )))
+        .collect()
+}
+
 /// One layer's raw kernel (matrix view) and its spectral-norm state.
 fn layer_norms(
     matrix: DMatrix<f64>,
@@ -173,8 +201,9 @@ fn layer_norms(
     let sigma_raw = largest_singular_value(&matrix);
     let sigma_pi = spectral.map(|sn| sn.estimate(kernel) as f64);
     let divides = spectral.is_some_and(|sn| sn.in_forward);
-    let sigma = match (divides, sigma_pi, operator_divisor) {
-        (true, Some(pi), _) => sigma_raw / pi,
+    let divisor = spectral.map(|sn| sn.divisor(kernel) as f64);
+    let sigma = match (divides, divisor, operator_divisor) {
+        (true, Some(d), _) => sigma_raw / d,
         (_, _, Some(op)) => sigma_raw / op,
         _ => sigma_raw,
     };
@@ -190,12 +219,13 @@ fn layer_norms(
 pub fn layers(critic: &Critic) -> Vec<LayerNorms> {
     let convs = critic.convs.iter().map(|c| {
         let w = as_matrix(c.weight.val()).detach();
-        // Under operator normalization the kernel is divided by the operator-norm estimate.
+        // Under operator normalization the kernel is divided by the operator-norm estimate
+        // (or its certified bound).
         let divisor = c
             .operator
             .as_ref()
             .filter(|op| op.in_forward)
-            .map(|op| op.estimate(&c.weight.val()) as f64);
+            .map(|op| op.divisor(&c.weight.val()) as f64);
         layer_norms(host_matrix(w.clone()), c.spectral.as_ref(), &w, divisor)
     });
     let head = {
@@ -241,6 +271,7 @@ pub fn diagnose(
     let size = real.dims()[2];
     let mut operator_norms = conv_operator_norms(critic, size, OPERATOR_NORM_STEPS);
     operator_norms.push(layers.last().map_or(1.0, |head| head.sigma)); // linear: its matrix
+    let operator_bounds = operator_bounds(critic, size);
     let interpolates = crate::constraint::interpolates(crate::constraint::PenaltyInputs {
         real: real.clone(),
         fake: fake.clone(),
@@ -252,8 +283,9 @@ pub fn diagnose(
         grad_real: gradient_norms(critic, real),
         grad_fake: gradient_norms(critic, fake),
         grad_interpolates: gradient_norms(critic, interpolates),
-        certified: operator_norms.iter().product::<f64>() <= 1.0 + CERTIFY_TOLERANCE,
+        certified: operator_bounds.iter().product::<f64>() <= 1.0 + CERTIFY_TOLERANCE,
         operator_norms,
+        operator_bounds,
     }
 }
 
@@ -270,6 +302,7 @@ mod tests {
             power_iterations: 1,
             in_forward: true,
             operator: false,
+            certify: false,
         });
         Critic::new(32, 3, 8, options, device)
     }

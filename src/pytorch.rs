@@ -518,6 +518,7 @@ mod tests {
             power_iterations: 1,
             in_forward: true,
             operator: false,
+            certify: false,
         });
         for (size, channels) in [(32, 1), (64, 3)] {
             let mut entries = generator_state(

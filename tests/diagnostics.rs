@@ -128,6 +128,54 @@ fn inspect_agrees_with_an_independent_svd_of_the_checkpoint() {
     }
 }
 
+/// `inspect` calls a critic certified only when the product of its layers' certified bounds
+/// is <= 1: yes for `norm = "operator"` with `certify = true` (every bound <= 1 + 1e-3, and
+/// each at least the power iteration's layer norm), no for Miyato's matrix view.
+#[test]
+fn inspect_certifies_only_the_certified_critic() {
+    let (tmp, config) = setup_kind("spectral_norm");
+    for (name, sets) in [
+        (
+            "certified",
+            &["constraint.norm=\"operator\"", "constraint.certify=true"][..],
+        ),
+        ("matrix", &[][..]),
+    ] {
+        let run = tmp.path().join(name);
+        let mut cmd = binary();
+        cmd.arg("--config").arg(&config).arg("--out").arg(&run);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        succeed(&mut cmd);
+        let stdout = succeed_stdout(
+            binary()
+                .args(["inspect", "--run"])
+                .arg(&run)
+                .args(["--images", "8"]),
+        );
+        let certified = name == "certified";
+        let verdict = if certified { "yes" } else { "no" };
+        assert!(
+            stdout.contains(&format!("certified 1-Lipschitz: {verdict}")),
+            "{name}: {stdout}"
+        );
+        for line in stdout
+            .lines()
+            .filter(|l| l.starts_with("conv") || l.starts_with("head"))
+        {
+            // The last two columns: the layer norm (power iteration) and the certified bound.
+            let tail: Vec<&str> = line.split_whitespace().collect();
+            let value = |back: usize| -> f64 { tail[tail.len() - back].parse().unwrap() };
+            let (layer_norm, bound) = (value(2), value(1));
+            assert!(bound >= layer_norm * (1.0 - 1e-5), "{name}: {line}");
+            if certified {
+                assert!(bound <= 1.0 + 1e-3, "{name}: {line}");
+            }
+        }
+    }
+}
+
 #[test]
 fn eval_reports_swd_per_level_with_the_real_data_floor() {
     let (tmp, config) = setup_kind("gradient_penalty");

@@ -62,11 +62,13 @@ fn signal(child: &Child, sig: &str) {
 #[test]
 fn a_stopped_and_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
     let (tmp, config) = setup(10);
-    // The operator-norm state (u, v of each convolution's output and input shapes) and
-    // GroupSort go through checkpoints too.
+    // The operator-norm state (u, v of each convolution's output and input shapes, and the
+    // certified bounds) and GroupSort go through checkpoints too.
     let operator = [
         "--set",
         "constraint.norm=\"operator\"",
+        "--set",
+        "constraint.certify=true",
         "--set",
         "model.critic_activation=\"groupsort\"",
     ];

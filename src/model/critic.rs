@@ -53,6 +53,7 @@ impl CriticConv {
                 o.padding[0].0,
                 opts.power_iterations,
                 opts.in_forward,
+                opts.certify,
             )
         });
         Self {
@@ -210,6 +211,19 @@ impl Critic {
     /// `[B, C, H, W]` -> `[B, 1]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward_with(&self.kernels(), x).0
+    }
+
+    /// Recomputes every layer's certified norm bound for the current weights (after an
+    /// optimizer step; no-op for layers without `certify`).
+    pub fn certify(&self) {
+        for conv in &self.convs {
+            if let Some(op) = &conv.operator {
+                op.certify(&conv.weight.val());
+            }
+        }
+        if let Some(sn) = &self.head.spectral {
+            sn.certify(&self.head.weight.val());
+        }
     }
 
     /// Sum over layers of sigma(W)^2 from the persistent power iteration (refined first in
@@ -401,6 +415,7 @@ mod tests {
             power_iterations: 1,
             in_forward: true,
             operator: false,
+            certify: false,
         });
         // (image size, channels, width, spectral norm)
         let op = sn.map(|o| SpectralOptions {

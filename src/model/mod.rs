@@ -2,6 +2,7 @@
 //! Their convolutions, LeakyReLU and BatchNorm run through `burn_flex_kernels` (batch-wide
 //! kernels on Flex, Burn's own ops on every other backend).
 
+pub mod bound;
 pub mod critic;
 pub mod generator;
 pub mod operator;

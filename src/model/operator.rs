@@ -48,6 +48,9 @@ pub struct OperatorNorm {
     pub stride: usize,
     /// The convolution's zero padding.
     pub padding: usize,
+    /// With `certify`: a certified upper bound on the operator norm ([`super::bound`]), `[1]`,
+    /// the value sigma takes; recomputed by [`certify`](Self::certify) after each step.
+    pub bound: Option<RunningState<Tensor<1>>>,
 }
 
 impl OperatorNorm {
@@ -61,6 +64,7 @@ impl OperatorNorm {
         padding: usize,
         power_iterations: usize,
         in_forward: bool,
+        certify: bool,
     ) -> Self {
         let kernel = kernel.clone().detach();
         let [c_out, c_in, k, _] = kernel.dims();
@@ -80,6 +84,7 @@ impl OperatorNorm {
             in_forward,
             stride,
             padding,
+            bound: None,
         };
         let (u, v) = norm.iterate(&kernel, OPERATOR_WARMUP_ITERATIONS);
         norm.u = RunningState::new(u);
@@ -88,7 +93,25 @@ impl OperatorNorm {
         let (u, v) = norm.refine_for(&kernel, 0, WARMUP_MAX_ITERATIONS);
         norm.u = RunningState::new(u);
         norm.v = RunningState::new(v);
+        if certify {
+            norm.bound = Some(RunningState::new(norm.bound_of(&kernel)));
+        }
         norm
+    }
+
+    /// Recomputes the certified bound for `kernel` (no-op without `certify`).
+    pub fn certify(&self, kernel: &Tensor<4>) {
+        if let Some(bound) = &self.bound {
+            bound.update(self.bound_of(&kernel.clone().detach()));
+            bound.value_sync();
+        }
+    }
+
+    /// The certified bound on `kernel`'s operator norm on this layer's input size, `[1]`.
+    fn bound_of(&self, kernel: &Tensor<4>) -> Tensor<1> {
+        let [_, _, h, w] = self.v.value().dims();
+        let value = super::bound::conv_bound(kernel, [h, w], self.stride, self.padding);
+        super::bound::as_tensor(value, kernel)
     }
 
     /// `kernel / sigma(kernel)`, refining `u`, `v` first when training on an autodiff device.
@@ -112,7 +135,11 @@ impl OperatorNorm {
             (self.u.value(), self.v.value())
         };
         let (u, v) = (u.to_device(&device), v.to_device(&device));
-        (u * self.conv(v, kernel)).sum() // [1]
+        let sigma = (u * self.conv(v, kernel)).sum(); // [1]
+        match &self.bound {
+            Some(bound) => super::bound::rescale(sigma, bound.value()),
+            None => sigma,
+        }
     }
 
     /// The current estimate `<u, A_W v>` without refining (a diagnostic).
@@ -162,6 +189,15 @@ impl OperatorNorm {
         let u = unit(self.conv(v, kernel.clone()));
         let v = unit(self.adjoint(u.clone(), kernel.clone(), [h, w]));
         (u, v)
+    }
+
+    /// What the kernel is divided by in the forward pass: the certified bound with `certify`,
+    /// else the current estimate (a diagnostic).
+    pub fn divisor(&self, kernel: &Tensor<4>) -> f32 {
+        match &self.bound {
+            Some(bound) => bound.value().into_scalar::<f32>(),
+            None => self.estimate(kernel),
+        }
     }
 
     /// `<u, A v>` on the host.
@@ -271,7 +307,7 @@ mod tests {
             (8, 8, 4, 2, 1, 6),
         ] {
             let w = kernel([c_out, c_in, k, k], &device);
-            let norm = OperatorNorm::new(&w, [size, size], stride, padding, 1, true);
+            let norm = OperatorNorm::new(&w, [size, size], stride, padding, 1, true, false);
             let exact = dense_sigma(&norm, &w, [size, size]);
             let estimate = norm.estimate(&w) as f64;
             let case = format!("{c_out}x{c_in}x{k} s{stride} p{padding} on {size}");
@@ -299,7 +335,7 @@ mod tests {
         let device = Device::flex();
         device.seed(8);
         let w = kernel([3, 2, 4, 4], &device);
-        let norm = OperatorNorm::new(&w, [6, 6], 2, 1, 1, true).valid(); // no refinement
+        let norm = OperatorNorm::new(&w, [6, 6], 2, 1, 1, true, false).valid(); // no refinement
         let ad = device.clone().autodiff();
         let w_ad = Tensor::<4>::from_data(w.to_data(), (&ad, DType::F64)).require_grad();
         let sigma = norm.sigma(w_ad.clone());

@@ -17,6 +17,8 @@ use burn::module::{Flag, Module, Param, RunningState};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use super::bound::matrix_bound;
+
 /// Power iterations run once at initialisation so that the first `sigma` is already accurate
 /// (PyTorch's parametrization does the same 15).
 pub const WARMUP_ITERATIONS: usize = 15;
@@ -36,6 +38,9 @@ pub struct SpectralOptions {
     /// ([`super::operator::OperatorNorm`]) instead of its matrix view's (`norm = "operator"`);
     /// linear layers are their own matrix either way.
     pub operator: bool,
+    /// Divide by a certified upper bound on each layer's norm ([`super::bound`]) instead of
+    /// the power-iteration estimate (`certify = true`, with `operator`).
+    pub certify: bool,
 }
 
 /// Persistent power-iteration state of one kernel, saved and loaded with the model.
@@ -51,6 +56,9 @@ pub struct SpectralNorm {
     pub power_iterations: usize,
     /// Whether the layer divides its kernel by sigma in the forward pass.
     pub in_forward: bool,
+    /// With `certify`: a certified upper bound on the matrix's largest singular value, `[1]`,
+    /// the value sigma takes; recomputed by [`certify`](Self::certify) after each step.
+    pub bound: Option<RunningState<Tensor<1>>>,
 }
 
 impl SpectralNorm {
@@ -64,12 +72,25 @@ impl SpectralNorm {
             |n: usize| normalize(Tensor::random([n], Distribution::Normal(0.0, 1.0), &device));
         let (u, v) = (draw(rows), draw(cols));
         let (u, v) = power_iteration(&matrix, (u, v), WARMUP_ITERATIONS);
+        let bound = options
+            .certify
+            .then(|| RunningState::new(super::bound::as_tensor(matrix_bound(&matrix), &matrix)));
         Self {
             u: RunningState::new(u),
             v: RunningState::new(v),
             training: Param::from_bool(true),
             power_iterations: options.power_iterations,
             in_forward: options.in_forward,
+            bound,
+        }
+    }
+
+    /// Recomputes the certified bound for `kernel` (no-op without `certify`).
+    pub fn certify<const D: usize>(&self, kernel: &Tensor<D>) {
+        if let Some(bound) = &self.bound {
+            let matrix = as_matrix(kernel.clone()).detach();
+            bound.update(super::bound::as_tensor(matrix_bound(&matrix), &matrix));
+            bound.value_sync();
         }
     }
 
@@ -91,7 +112,11 @@ impl SpectralNorm {
         let [rows, cols] = matrix.dims();
         let u = u.to_device(&device).reshape([1, rows]);
         let v = v.to_device(&device).reshape([cols, 1]);
-        u.matmul(matrix).matmul(v).reshape([1]) // [1]
+        let sigma = u.matmul(matrix).matmul(v).reshape([1]); // [1]
+        match &self.bound {
+            Some(bound) => super::bound::rescale(sigma, bound.value()),
+            None => sigma,
+        }
     }
 
     /// The current estimate `u^T W v` without refining, detached (a diagnostic).
@@ -101,6 +126,15 @@ impl SpectralNorm {
         let u = self.u.value().reshape([1, rows]);
         let v = self.v.value().reshape([cols, 1]);
         u.matmul(matrix).matmul(v).into_scalar::<f32>()
+    }
+
+    /// What the kernel is divided by in the forward pass: the certified bound with `certify`,
+    /// else the current estimate (a diagnostic).
+    pub fn divisor<const D: usize>(&self, kernel: &Tensor<D>) -> f32 {
+        match &self.bound {
+            Some(bound) => bound.value().into_scalar::<f32>(),
+            None => self.estimate(kernel),
+        }
     }
 
     fn is_training(&self, matrix: &Tensor<2>) -> bool {
@@ -183,6 +217,7 @@ mod tests {
             power_iterations,
             in_forward: true,
             operator: false,
+            certify: false,
         }
     }
 
@@ -280,6 +315,7 @@ mod tests {
             training: Param::from_bool(true),
             power_iterations: 1,
             in_forward: true,
+            bound: None,
         };
         let mut sigmas = Vec::new();
         for step in 0..3 {

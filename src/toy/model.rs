@@ -158,6 +158,7 @@ mod tests {
                 power_iterations: 1,
                 in_forward: true,
                 operator: false,
+                certify: false,
             }),
         ] {
             let critic = ToyCritic::new(16, 3, spectral, &device);
