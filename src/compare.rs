@@ -162,6 +162,10 @@ pub struct Row {
     pub sigma_error: Option<f64>,
     /// Product of the layers' kernel norms.
     pub bound: Option<f64>,
+    /// The last Wasserstein estimate, mean f(real) - mean f(fake).
+    pub wasserstein: Option<f64>,
+    /// Product of the layers' certified norm bounds (the critic is 1-Lipschitz when <= 1).
+    pub certified_bound: Option<f64>,
 }
 
 /// The table row of a run from its metrics; `equal_time` is the shortest run's training time.
@@ -198,6 +202,10 @@ pub fn row(name: &str, kind: &str, records: &[Record], equal_time: f64) -> Row {
         }),
         sigma_error: diagnosed.and_then(|l| l.max_sigma_error()),
         bound: diagnosed.map(|l| l.bound),
+        wasserstein: last.map(|r| r.wasserstein),
+        certified_bound: diagnosed
+            .filter(|l| !l.operator_bounds.is_empty())
+            .map(|l| l.operator_bounds.iter().product()),
     }
 }
 
@@ -213,7 +221,7 @@ fn num(v: f64) -> String {
 /// The markdown table.
 pub fn table(rows: &[Row], equal_time: f64) -> String {
     let mut out = format!(
-        "| run | constraint | iterations | s/iteration | final SWD | SWD at {equal_time:.0} s (iteration) | grad norm interp. mean / max | grad norm real / fake mean | max sigma error | product bound |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| run | constraint | iterations | s/iteration | final SWD | SWD at {equal_time:.0} s (iteration) | grad norm interp. mean / max | grad norm real / fake mean | max sigma error | product bound | certified bound | W estimate |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let at = r
@@ -226,7 +234,7 @@ pub fn table(rows: &[Row], equal_time: f64) -> String {
             )
         });
         out += &format!(
-            "| {} | {} | {} | {:.3} | {} | {at} | {interp} | {real_fake} | {} | {} |\n",
+            "| {} | {} | {} | {:.3} | {} | {at} | {interp} | {real_fake} | {} | {} | {} | {} |\n",
             r.name,
             r.kind,
             r.iterations,
@@ -234,6 +242,8 @@ pub fn table(rows: &[Row], equal_time: f64) -> String {
             r.final_swd.map_or("-".into(), |s| format!("{s:.2}")),
             r.sigma_error.map_or("-".into(), |e| format!("{e:.1e}")),
             r.bound.map_or("-".into(), |b| format!("{b:.3e}")),
+            r.certified_bound.map_or("-".into(), |b| format!("{b:.3e}")),
+            r.wasserstein.map_or("-".into(), num),
         );
     }
     out
@@ -345,7 +355,7 @@ pub fn write_report(entries: &[Entry], configs: &[Config], out: &Path) -> Result
         c0.output.eval_images
     );
     md += &table(&rows, equal_time);
-    md += "\nGradient norms are ||grad_x f|| of the critic on a batch of the data, generated images and their interpolates at the last metrics line; the sigma error is the power iteration's largest relative error over the layers (spectral_norm, spectral_penalty); the product bound multiplies the layers' kernel norms as used in the forward pass.\n\n";
+    md += "\nGradient norms are ||grad_x f|| of the critic on a batch of the data, generated images and their interpolates at the last metrics line; the sigma error is the power iteration's largest relative error over the layers (spectral_norm, spectral_penalty); the product bound multiplies the layers' kernel norms as used in the forward pass (matrix views); the certified bound multiplies certified upper bounds on each layer's norm as an operator (the critic is 1-Lipschitz where it is <= 1); W is the last Wasserstein estimate, mean f(real) - mean f(fake).\n\n";
     md += "## Plots\n\n";
     for f in ["swd", "wasserstein", "gradient_norms", "lipschitz_bound"] {
         if plots.join(format!("{f}.svg")).exists() {
