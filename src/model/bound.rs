@@ -229,35 +229,9 @@ fn host_values<const D: usize>(x: &Tensor<D>) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::operator::conv_options;
+    use crate::model::operator::tests::{DENSE_CASES, dense_convolution};
     use burn::tensor::Distribution;
-    use burn::tensor::module::conv2d;
     use nalgebra::DMatrix;
-
-    /// The convolution as a dense matrix `[out*oh*ow, in*h*w]` (column j: the convolution of
-    /// the j-th basis image), in f64.
-    fn dense(kernel: &Tensor<4>, size: [usize; 2], stride: usize, padding: usize) -> DMatrix<f64> {
-        let [_, c_in, _, _] = kernel.dims();
-        let n = c_in * size[0] * size[1];
-        let device = kernel.device();
-        let columns: Vec<Vec<f64>> = (0..n)
-            .map(|j| {
-                let mut e = vec![0.0f64; n];
-                e[j] = 1.0;
-                let x = Tensor::<4>::from_data(
-                    TensorData::new(e, [1, c_in, size[0], size[1]]),
-                    (&device, DType::F64),
-                );
-                host_values(&conv2d(
-                    x,
-                    kernel.clone(),
-                    None,
-                    conv_options(stride, padding),
-                ))
-            })
-            .collect();
-        DMatrix::from_fn(columns[0].len(), n, |r, c| columns[c][r])
-    }
 
     fn normal<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
         Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(DType::F64)
@@ -270,17 +244,10 @@ mod tests {
     fn conv_bound_is_above_the_exact_norm_and_close_to_it() {
         let device = Device::flex();
         device.seed(31);
-        for (c_out, c_in, k, stride, padding, size) in [
-            (4, 4, 3, 1, 1, 6),
-            (6, 3, 4, 2, 1, 8),
-            (3, 5, 3, 2, 0, 7),
-            (5, 2, 4, 1, 0, 6),
-            (8, 8, 4, 2, 1, 6),
-            (8, 1, 4, 2, 1, 8),
-            (2, 6, 4, 2, 1, 5),
-        ] {
+        let more = [(8, 1, 4, 2, 1, 8), (2, 6, 4, 2, 1, 5)];
+        for (c_out, c_in, k, stride, padding, size) in DENSE_CASES.into_iter().chain(more) {
             let w = normal([c_out, c_in, k, k], &device);
-            let exact = dense(&w, [size, size], stride, padding)
+            let exact = dense_convolution(&w, [size, size], stride, padding)
                 .singular_values()
                 .max();
             let bound = conv_bound(&w, [size, size], stride, padding);
@@ -307,7 +274,9 @@ mod tests {
         device.seed(32);
         for (c_out, c_in, size) in [(16, 1, 32), (16, 1, 16), (16, 8, 8), (32, 16, 8)] {
             let w = normal([c_out, c_in, 4, 4], &device);
-            let exact = dense(&w, [size, size], 2, 1).singular_values().max();
+            let exact = dense_convolution(&w, [size, size], 2, 1)
+                .singular_values()
+                .max();
             let bound = conv_bound(&w, [size, size], 2, 1);
             eprintln!(
                 "{c_out}x{c_in} on {size}: bound / exact {:.4}",

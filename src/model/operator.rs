@@ -257,7 +257,7 @@ fn unit(x: Tensor<4>) -> Tensor<4> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::tensor::DType;
     use nalgebra::DMatrix;
@@ -266,27 +266,42 @@ mod tests {
         t.into_data().convert::<f64>().try_to_vec().unwrap()
     }
 
-    /// The convolution written out as a dense matrix `[out*oh*ow, in*h*w]` (column j = the
-    /// convolution of the j-th basis image), and its largest singular value by SVD.
-    fn dense_sigma(norm: &OperatorNorm, kernel: &Tensor<4>, size: [usize; 2]) -> f64 {
+    /// The convolution (`stride`, zero `padding`) on `[in, size]` inputs written out as a
+    /// dense matrix `[out*oh*ow, in*h*w]` in f64 (column j: the convolution of the j-th basis
+    /// image), the independent truth for the operator norm and its bounds.
+    pub(crate) fn dense_convolution(
+        kernel: &Tensor<4>,
+        size: [usize; 2],
+        stride: usize,
+        padding: usize,
+    ) -> DMatrix<f64> {
         let [_, c_in, _, _] = kernel.dims();
         let n = c_in * size[0] * size[1];
         let device = kernel.device();
-        let mut columns = Vec::with_capacity(n);
-        for j in 0..n {
-            let mut e = vec![0.0f64; n];
-            e[j] = 1.0;
-            let x = Tensor::<4>::from_data(
-                TensorData::new(e, [1, c_in, size[0], size[1]]),
-                (&device, DType::F64),
-            );
-            columns.push(f64_values(norm.conv(x, kernel.clone())));
-        }
-        let rows = columns[0].len();
-        DMatrix::from_fn(rows, n, |r, c| columns[c][r])
-            .singular_values()
-            .max()
+        let columns: Vec<Vec<f64>> = (0..n)
+            .map(|j| {
+                let mut e = vec![0.0f64; n];
+                e[j] = 1.0;
+                let x = Tensor::<4>::from_data(
+                    TensorData::new(e, [1, c_in, size[0], size[1]]),
+                    (&device, DType::F64),
+                );
+                let y = conv2d(x, kernel.clone(), None, conv_options(stride, padding));
+                f64_values(y)
+            })
+            .collect();
+        DMatrix::from_fn(columns[0].len(), n, |r, c| columns[c][r])
     }
+
+    /// Layer shapes `(out, in, k, stride, padding, size)` the dense checks run on: stride 1
+    /// and 2, padding 0 and 1, square and non-square channel counts, kernels 3 and 4.
+    pub(crate) const DENSE_CASES: [(usize, usize, usize, usize, usize, usize); 5] = [
+        (4, 4, 3, 1, 1, 6),
+        (6, 3, 4, 2, 1, 8),
+        (3, 5, 3, 2, 0, 7),
+        (5, 2, 4, 1, 0, 6),
+        (8, 8, 4, 2, 1, 6),
+    ];
 
     fn kernel(shape: [usize; 4], device: &Device) -> Tensor<4> {
         Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(DType::F64)
@@ -299,16 +314,12 @@ mod tests {
     fn sigma_equals_the_largest_singular_value_of_the_dense_convolution() {
         let device = Device::flex();
         device.seed(7);
-        for (c_out, c_in, k, stride, padding, size) in [
-            (4, 4, 3, 1, 1, 6),
-            (6, 3, 4, 2, 1, 8),
-            (3, 5, 3, 2, 0, 7),
-            (5, 2, 4, 1, 0, 6),
-            (8, 8, 4, 2, 1, 6),
-        ] {
+        for (c_out, c_in, k, stride, padding, size) in DENSE_CASES {
             let w = kernel([c_out, c_in, k, k], &device);
             let norm = OperatorNorm::new(&w, [size, size], stride, padding, 1, true, false);
-            let exact = dense_sigma(&norm, &w, [size, size]);
+            let exact = dense_convolution(&w, [size, size], stride, padding)
+                .singular_values()
+                .max();
             let estimate = norm.estimate(&w) as f64;
             let case = format!("{c_out}x{c_in}x{k} s{stride} p{padding} on {size}");
             assert!(
