@@ -5,7 +5,7 @@ generator's state dict, which the peer itself does not keep.
   python3 scripts/peer_train.py OUT.pt [torch_wgan.py arguments...]
 
 With PEER_INIT=FILE.safetensors (keys "g.*" and "d.*", as `pytorch::generator_state` and
-`critic_state` name them), both networks start from those weights instead of the peer's own init;
+`critic_state` name them), the networks it holds start from those weights instead of the peer's own init;
 the peer's RNG stream (batches, noise) is the same as without it.
 """
 import os
@@ -22,12 +22,14 @@ init = os.environ.get("PEER_INIT")
 
 
 def load_init(module, prefix):
-    """Replaces `module`'s state by the `prefix`ed tensors of PEER_INIT (strict)."""
+    """Replaces `module`'s state by the `prefix`ed tensors of PEER_INIT (strict); a network
+    PEER_INIT has no tensors for keeps the peer's own init."""
     if init:
         from safetensors.torch import load_file
 
         state = {k[len(prefix):]: v for k, v in load_file(init).items() if k.startswith(prefix)}
-        module.load_state_dict(state, strict=True)
+        if state:
+            module.load_state_dict(state, strict=True)
 
 
 class G(torch_wgan.G):

@@ -18,7 +18,9 @@ the peer's `G`, and both sample --samples images in inference mode from the same
 Trainers: `ours` (this binary), `peer` (the peer as it is), `peer-init` (the peer started from
 the networks our run of the same config and seed starts from: `examples/init_state.rs` writes
 them, `PEER_INIT` loads them; the peer's own batches and noise). `peer-init` against `peer` tells
-whether an outcome comes from the initial weights or from the training.
+whether an outcome comes from the initial weights or from the training. `peer-init-g` starts
+the peer from our generator and its own critic, `peer-init-d` from our critic and its own
+generator: which network's draw decides.
 
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
 <work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh), Debian's
@@ -223,7 +225,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--constraints", nargs="+", default=["sn"], choices=list(SETTINGS))
     p.add_argument("--trainers", nargs="+", default=["ours", "peer"],
-                   choices=["ours", "peer", "peer-init"])
+                   choices=["ours", "peer", "peer-init", "peer-init-g", "peer-init-d"])
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--images", type=int, default=10000, help="training images (first N)")
     p.add_argument("--data", default=None, help="image folder instead of Fashion-MNIST")
@@ -276,8 +278,14 @@ def main():
                            "--seed", str(seed), "--threads", str(a.threads)]
                     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
                     env.pop("PEER_INIT", None)
-                    if trainer == "peer-init":
-                        env["PEER_INIT"] = init_state(a.binary, config, seed, run_dir + ".init.safetensors")
+                    if trainer.startswith("peer-init"):
+                        init = init_state(a.binary, config, seed, run_dir + ".init.safetensors")
+                        if trainer != "peer-init":  # only our generator ("g.") or critic ("d.")
+                            from safetensors.torch import load_file, save_file
+                            keep = trainer[-1] + "."
+                            save_file({k: v for k, v in load_file(init).items() if k.startswith(keep)},
+                                      init)
+                        env["PEER_INIT"] = init
                     secs = run(cmd, run_dir + ".log", env)
                     g.load_state_dict(torch.load(pt))
                 row = {"trainer": trainer, "constraint": c, "iters": a.iters, "seed": seed,
