@@ -20,7 +20,8 @@ the networks our run of the same config and seed starts from: `examples/init_sta
 them, `PEER_INIT` loads them; the peer's own batches and noise). `peer-init` against `peer` tells
 whether an outcome comes from the initial weights or from the training. `peer-init-g` starts
 the peer from our generator and its own critic, `peer-init-d` from our critic and its own
-generator: which network's draw decides.
+generator: which network's draw decides; `peer-init-g-perm` is `peer-init-g` with the values of
+each of our generator's tensors randomly permuted (the same values, another arrangement).
 
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
 <work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh), Debian's
@@ -225,7 +226,8 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--constraints", nargs="+", default=["sn"], choices=list(SETTINGS))
     p.add_argument("--trainers", nargs="+", default=["ours", "peer"],
-                   choices=["ours", "peer", "peer-init", "peer-init-g", "peer-init-d"])
+                   choices=["ours", "peer", "peer-init", "peer-init-g", "peer-init-d",
+                            "peer-init-g-perm"])
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--images", type=int, default=10000, help="training images (first N)")
     p.add_argument("--data", default=None, help="image folder instead of Fashion-MNIST")
@@ -282,9 +284,13 @@ def main():
                         init = init_state(a.binary, config, seed, run_dir + ".init.safetensors")
                         if trainer != "peer-init":  # only our generator ("g.") or critic ("d.")
                             from safetensors.torch import load_file, save_file
-                            keep = trainer[-1] + "."
-                            save_file({k: v for k, v in load_file(init).items() if k.startswith(keep)},
-                                      init)
+                            keep = "d." if trainer == "peer-init-d" else "g."
+                            state = {k: v for k, v in load_file(init).items() if k.startswith(keep)}
+                            if trainer.endswith("-perm"):
+                                gen = torch.Generator().manual_seed(seed)
+                                state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
+                                         .reshape(v.shape) for k, v in state.items()}
+                            save_file(state, init)
                         env["PEER_INIT"] = init
                     secs = run(cmd, run_dir + ".log", env)
                     g.load_state_dict(torch.load(pt))
