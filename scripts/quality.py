@@ -22,6 +22,9 @@ whether an outcome comes from the initial weights or from the training. `peer-in
 the peer from our generator and its own critic, `peer-init-d` from our critic and its own
 generator: which network's draw decides; `peer-init-g-perm` is `peer-init-g` with the values of
 each of our generator's tensors randomly permuted (the same values, another arrangement).
+`peer-bias` is the peer's own init with only its generator's output bias (one value per image
+channel) replaced by ours, `peer-init-g-bias` our generator with the peer's output bias and the
+peer's own critic: whether that one value decides.
 
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
 <work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh), Debian's
@@ -220,6 +223,20 @@ def default_binary():
     return release if os.path.exists(release) or not os.path.exists(debug) else debug
 
 
+def peer_g_state(G, seed):
+    """The peer's own initial generator for `seed` (it seeds torch, then builds G first), as
+    "g."-prefixed tensors."""
+    torch.manual_seed(seed)
+    return {"g." + k: v.detach().clone() for k, v in G(32, 1).state_dict().items()}
+
+
+def swap_output_bias(state, source):
+    """Sets the generator's output bias (the last "g.net.N.bias") in `state` to `source`'s."""
+    key = max((k for k in state if k.startswith("g.net.") and k.endswith(".bias")),
+              key=lambda k: int(k.split(".")[2]))
+    state[key] = source[key].clone()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=400)
@@ -227,7 +244,7 @@ def main():
     p.add_argument("--constraints", nargs="+", default=["sn"], choices=list(SETTINGS))
     p.add_argument("--trainers", nargs="+", default=["ours", "peer"],
                    choices=["ours", "peer", "peer-init", "peer-init-g", "peer-init-d",
-                            "peer-init-g-perm"])
+                            "peer-init-g-perm", "peer-bias", "peer-init-g-bias"])
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--images", type=int, default=10000, help="training images (first N)")
     p.add_argument("--data", default=None, help="image folder instead of Fashion-MNIST")
@@ -280,9 +297,9 @@ def main():
                            "--seed", str(seed), "--threads", str(a.threads)]
                     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
                     env.pop("PEER_INIT", None)
-                    if trainer.startswith("peer-init"):
+                    if trainer.startswith("peer-init") or trainer == "peer-bias":
                         init = init_state(a.binary, config, seed, run_dir + ".init.safetensors")
-                        if trainer != "peer-init":  # only our generator ("g.") or critic ("d.")
+                        if trainer not in ("peer-init", "peer-bias"):  # only our G ("g.") or D ("d.")
                             from safetensors.torch import load_file, save_file
                             keep = "d." if trainer == "peer-init-d" else "g."
                             state = {k: v for k, v in load_file(init).items() if k.startswith(keep)}
@@ -290,6 +307,13 @@ def main():
                                 gen = torch.Generator().manual_seed(seed)
                                 state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
                                          .reshape(v.shape) for k, v in state.items()}
+                            if trainer.endswith("-bias"):
+                                swap_output_bias(state, peer_g_state(G, seed))
+                            save_file(state, init)
+                        elif trainer == "peer-bias":
+                            from safetensors.torch import load_file, save_file
+                            state = peer_g_state(G, seed)
+                            swap_output_bias(state, load_file(init))
                             save_file(state, init)
                         env["PEER_INIT"] = init
                     secs = run(cmd, run_dir + ".log", env)

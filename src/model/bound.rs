@@ -24,6 +24,7 @@
 //! The frequency matrices are built in f64 on the CPU, the Gram products run in f32 there
 //! (whatever the training backend), with a margin for their rounding.
 
+use burn::module::RunningState;
 use burn::prelude::*;
 use burn::tensor::DType;
 
@@ -206,12 +207,16 @@ pub fn as_tensor<const D: usize>(bound: f64, like: &Tensor<D>) -> Tensor<1> {
     Tensor::<1>::from_data(value, (&like.device(), like.dtype()))
 }
 
-/// `sigma` `[1]` with the value of `bound` `[1]` and the gradient of `sigma` scaled by
-/// `bound / sigma`: the layer is divided by the certified bound, and the loss's gradient
-/// through the divisor follows the power iteration's top singular direction (the bound's
-/// own gradient would need differentiating through the Gram iteration).
-pub fn rescale(sigma: Tensor<1>, bound: Tensor<1>) -> Tensor<1> {
-    let bound = bound.to_device(&sigma.device());
+/// `sigma` `[1]` with the value of `bound` `[1]`, where a layer has one, and the gradient of
+/// `sigma` scaled by `bound / sigma`: the layer is divided by the certified bound, and the
+/// loss's gradient through the divisor follows the power iteration's top singular direction
+/// (the bound's own gradient would need differentiating through the Gram iteration).
+/// Without a bound, `sigma` as it is.
+pub fn rescale(sigma: Tensor<1>, bound: &Option<RunningState<Tensor<1>>>) -> Tensor<1> {
+    let Some(bound) = bound else {
+        return sigma;
+    };
+    let bound = bound.value().to_device(&sigma.device());
     let factor = bound.div(sigma.clone().detach()).detach(); // [1]
     sigma * factor
 }

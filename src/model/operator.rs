@@ -136,10 +136,7 @@ impl OperatorNorm {
         };
         let (u, v) = (u.to_device(&device), v.to_device(&device));
         let sigma = (u * self.conv(v, kernel)).sum(); // [1]
-        match &self.bound {
-            Some(bound) => super::bound::rescale(sigma, bound.value()),
-            None => sigma,
-        }
+        super::bound::rescale(sigma, &self.bound)
     }
 
     /// The current estimate `<u, A_W v>` without refining (a diagnostic).

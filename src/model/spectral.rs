@@ -113,10 +113,7 @@ impl SpectralNorm {
         let u = u.to_device(&device).reshape([1, rows]);
         let v = v.to_device(&device).reshape([cols, 1]);
         let sigma = u.matmul(matrix).matmul(v).reshape([1]); // [1]
-        match &self.bound {
-            Some(bound) => super::bound::rescale(sigma, bound.value()),
-            None => sigma,
-        }
+        super::bound::rescale(sigma, &self.bound)
     }
 
     /// The current estimate `u^T W v` without refining, detached (a diagnostic).
