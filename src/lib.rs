@@ -4,7 +4,8 @@
 //! everything else is backend-agnostic. The modules depend one way, bottom to top (a test in
 //! `tests/layout.rs` checks that no module reaches up):
 //!
-//! - foundations: [`atomic`] (file writing), [`backend`], [`data`], [`noise`], [`swd`];
+//! - foundations: [`atomic`] (file writing), [`backend`], [`data`], [`noise`], [`swd`], [`fid`]
+//!   (FID/KID statistics), [`inception`] (the FID Inception network);
 //!   [`config`] over them;
 //! - the networks: [`model`] (generator, critic, spectral norm; the CPU kernels come from the
 //!   `burn-flex-kernels` crate), [`constraint`] (how the critic is kept Lipschitz),
@@ -26,7 +27,9 @@ pub mod constraint;
 pub mod data;
 pub mod ema;
 pub mod eval;
+pub mod fid;
 pub mod gan;
+pub mod inception;
 pub mod lipschitz;
 pub mod metrics;
 pub mod model;

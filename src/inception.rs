@@ -1,0 +1,468 @@
+//! The Inception network of the Fréchet Inception Distance: pytorch-fid's `InceptionV3` with
+//! `use_fid_inception=True` (the TensorFlow graph of 2015-12-05, as `FIDInceptionA/C/E_1/E_2`
+//! patch torchvision's blocks), up to its 2048-d pool3 features.
+//!
+//! The blocks follow Burn's `burn-train` `InceptionV3FeatureExtractor` (MIT/Apache-2.0); the
+//! input handling is pytorch-fid's, not that extractor's: images in [0, 1] (grayscale repeated to
+//! three channels), bilinear resize to 299 x 299 with `align_corners=False` ([`resize_bilinear`]),
+//! then `2x - 1`. Average pools in the A, C and E_1 blocks leave padding out of the count;
+//! Mixed_7c's pool is a max pool; BatchNorm's epsilon is 1e-3.
+//!
+//! Weights load strictly ([`InceptionV3::load`]) from pytorch-fid's
+//! `pt_inception-2015-12-05-6726825d.pth` or from a safetensors file with the same (torchvision)
+//! names: a tensor missing from the file or of another shape is an error that names it.
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
+use std::path::Path;
+
+/// Side of the network's input images.
+pub const INPUT_SIZE: usize = 299;
+/// Length of the pool3 feature vector.
+pub const FEATURES: usize = 2048;
+
+/// Conv2d (no bias) + BatchNorm (eps 1e-3) + ReLU.
+#[derive(Module, Debug)]
+pub struct BasicConv2d {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl BasicConv2d {
+    /// `[B, c_in, h, w]` -> `[B, c_out, h', w']` with a `kernel` kernel, `stride` and `padding`.
+    fn new(
+        channels: [usize; 2],
+        kernel: [usize; 2],
+        stride: usize,
+        padding: [usize; 2],
+        device: &Device,
+    ) -> Self {
+        let [ph, pw] = padding;
+        let conv = Conv2dConfig::new(channels, kernel)
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(ph, pw, ph, pw))
+            .with_bias(false)
+            .init(device);
+        Self {
+            conv,
+            bn: BatchNormConfig::new(channels[1])
+                .with_epsilon(1e-3)
+                .init(device),
+        }
+    }
+
+    /// A 1x1 convolution.
+    fn one(c_in: usize, c_out: usize, device: &Device) -> Self {
+        Self::new([c_in, c_out], [1, 1], 1, [0, 0], device)
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        relu(self.bn.forward(self.conv.forward(x)))
+    }
+}
+
+/// 3x3 average pool, stride 1, padding 1, padding left out of the count (pytorch-fid's blocks).
+fn avg_pool_3x3(x: Tensor<4>) -> Tensor<4> {
+    avg_pool2d(
+        x,
+        AvgPoolOptions::new([3, 3])
+            .with_stride([1, 1])
+            .with_padding([1, 1])
+            .with_count_include_pad(false),
+    )
+}
+
+/// 3x3 max pool, stride 2, no padding.
+fn max_pool_3x3_s2(x: Tensor<4>) -> Tensor<4> {
+    max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]))
+}
+
+/// Mixed_5b/c/d (`FIDInceptionA`).
+#[derive(Module, Debug)]
+pub struct InceptionA {
+    branch1x1: BasicConv2d,
+    branch5x5_1: BasicConv2d,
+    branch5x5_2: BasicConv2d,
+    branch3x3dbl_1: BasicConv2d,
+    branch3x3dbl_2: BasicConv2d,
+    branch3x3dbl_3: BasicConv2d,
+    branch_pool: BasicConv2d,
+}
+
+impl InceptionA {
+    fn new(c: usize, pool_features: usize, device: &Device) -> Self {
+        Self {
+            branch1x1: BasicConv2d::one(c, 64, device),
+            branch5x5_1: BasicConv2d::one(c, 48, device),
+            branch5x5_2: BasicConv2d::new([48, 64], [5, 5], 1, [2, 2], device),
+            branch3x3dbl_1: BasicConv2d::one(c, 64, device),
+            branch3x3dbl_2: BasicConv2d::new([64, 96], [3, 3], 1, [1, 1], device),
+            branch3x3dbl_3: BasicConv2d::new([96, 96], [3, 3], 1, [1, 1], device),
+            branch_pool: BasicConv2d::one(c, pool_features, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let b1 = self.branch1x1.forward(x.clone());
+        let b5 = self
+            .branch5x5_2
+            .forward(self.branch5x5_1.forward(x.clone()));
+        let b3 = self.branch3x3dbl_1.forward(x.clone());
+        let b3 = self.branch3x3dbl_3.forward(self.branch3x3dbl_2.forward(b3));
+        let bp = self.branch_pool.forward(avg_pool_3x3(x));
+        Tensor::cat(vec![b1, b5, b3, bp], 1)
+    }
+}
+
+/// Mixed_6a (torchvision's `InceptionB`, a reduction).
+#[derive(Module, Debug)]
+pub struct InceptionB {
+    branch3x3: BasicConv2d,
+    branch3x3dbl_1: BasicConv2d,
+    branch3x3dbl_2: BasicConv2d,
+    branch3x3dbl_3: BasicConv2d,
+}
+
+impl InceptionB {
+    fn new(c: usize, device: &Device) -> Self {
+        Self {
+            branch3x3: BasicConv2d::new([c, 384], [3, 3], 2, [0, 0], device),
+            branch3x3dbl_1: BasicConv2d::one(c, 64, device),
+            branch3x3dbl_2: BasicConv2d::new([64, 96], [3, 3], 1, [1, 1], device),
+            branch3x3dbl_3: BasicConv2d::new([96, 96], [3, 3], 2, [0, 0], device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let b3 = self.branch3x3.forward(x.clone());
+        let bd = self.branch3x3dbl_1.forward(x.clone());
+        let bd = self.branch3x3dbl_3.forward(self.branch3x3dbl_2.forward(bd));
+        Tensor::cat(vec![b3, bd, max_pool_3x3_s2(x)], 1)
+    }
+}
+
+/// Mixed_6b/c/d/e (`FIDInceptionC`).
+#[derive(Module, Debug)]
+pub struct InceptionC {
+    branch1x1: BasicConv2d,
+    branch7x7_1: BasicConv2d,
+    branch7x7_2: BasicConv2d,
+    branch7x7_3: BasicConv2d,
+    branch7x7dbl_1: BasicConv2d,
+    branch7x7dbl_2: BasicConv2d,
+    branch7x7dbl_3: BasicConv2d,
+    branch7x7dbl_4: BasicConv2d,
+    branch7x7dbl_5: BasicConv2d,
+    branch_pool: BasicConv2d,
+}
+
+impl InceptionC {
+    fn new(c: usize, c7: usize, device: &Device) -> Self {
+        let row = |a, b| BasicConv2d::new([a, b], [1, 7], 1, [0, 3], device);
+        let col = |a, b| BasicConv2d::new([a, b], [7, 1], 1, [3, 0], device);
+        Self {
+            branch1x1: BasicConv2d::one(c, 192, device),
+            branch7x7_1: BasicConv2d::one(c, c7, device),
+            branch7x7_2: row(c7, c7),
+            branch7x7_3: col(c7, 192),
+            branch7x7dbl_1: BasicConv2d::one(c, c7, device),
+            branch7x7dbl_2: col(c7, c7),
+            branch7x7dbl_3: row(c7, c7),
+            branch7x7dbl_4: col(c7, c7),
+            branch7x7dbl_5: row(c7, 192),
+            branch_pool: BasicConv2d::one(c, 192, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let b1 = self.branch1x1.forward(x.clone());
+        let b7 = self.branch7x7_1.forward(x.clone());
+        let b7 = self.branch7x7_3.forward(self.branch7x7_2.forward(b7));
+        let bd = self.branch7x7dbl_1.forward(x.clone());
+        let bd = self.branch7x7dbl_3.forward(self.branch7x7dbl_2.forward(bd));
+        let bd = self.branch7x7dbl_5.forward(self.branch7x7dbl_4.forward(bd));
+        let bp = self.branch_pool.forward(avg_pool_3x3(x));
+        Tensor::cat(vec![b1, b7, bd, bp], 1)
+    }
+}
+
+/// Mixed_7a (torchvision's `InceptionD`, a reduction).
+#[derive(Module, Debug)]
+pub struct InceptionD {
+    branch3x3_1: BasicConv2d,
+    branch3x3_2: BasicConv2d,
+    branch7x7x3_1: BasicConv2d,
+    branch7x7x3_2: BasicConv2d,
+    branch7x7x3_3: BasicConv2d,
+    branch7x7x3_4: BasicConv2d,
+}
+
+impl InceptionD {
+    fn new(c: usize, device: &Device) -> Self {
+        Self {
+            branch3x3_1: BasicConv2d::one(c, 192, device),
+            branch3x3_2: BasicConv2d::new([192, 320], [3, 3], 2, [0, 0], device),
+            branch7x7x3_1: BasicConv2d::one(c, 192, device),
+            branch7x7x3_2: BasicConv2d::new([192, 192], [1, 7], 1, [0, 3], device),
+            branch7x7x3_3: BasicConv2d::new([192, 192], [7, 1], 1, [3, 0], device),
+            branch7x7x3_4: BasicConv2d::new([192, 192], [3, 3], 2, [0, 0], device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let b3 = self
+            .branch3x3_2
+            .forward(self.branch3x3_1.forward(x.clone()));
+        let b7 = self.branch7x7x3_1.forward(x.clone());
+        let b7 = self.branch7x7x3_3.forward(self.branch7x7x3_2.forward(b7));
+        let b7 = self.branch7x7x3_4.forward(b7);
+        Tensor::cat(vec![b3, b7, max_pool_3x3_s2(x)], 1)
+    }
+}
+
+/// Mixed_7b (`FIDInceptionE_1`: average pool) and Mixed_7c (`FIDInceptionE_2`: max pool).
+#[derive(Module, Debug)]
+pub struct InceptionE {
+    branch1x1: BasicConv2d,
+    branch3x3_1: BasicConv2d,
+    branch3x3_2a: BasicConv2d,
+    branch3x3_2b: BasicConv2d,
+    branch3x3dbl_1: BasicConv2d,
+    branch3x3dbl_2: BasicConv2d,
+    branch3x3dbl_3a: BasicConv2d,
+    branch3x3dbl_3b: BasicConv2d,
+    branch_pool: BasicConv2d,
+    /// Mixed_7c pools by max (stride 1, padding 1), Mixed_7b by average.
+    #[module(skip)]
+    max_pool: bool,
+}
+
+impl InceptionE {
+    fn new(c: usize, max_pool: bool, device: &Device) -> Self {
+        let row = |a, b| BasicConv2d::new([a, b], [1, 3], 1, [0, 1], device);
+        let col = |a, b| BasicConv2d::new([a, b], [3, 1], 1, [1, 0], device);
+        Self {
+            branch1x1: BasicConv2d::one(c, 320, device),
+            branch3x3_1: BasicConv2d::one(c, 384, device),
+            branch3x3_2a: row(384, 384),
+            branch3x3_2b: col(384, 384),
+            branch3x3dbl_1: BasicConv2d::one(c, 448, device),
+            branch3x3dbl_2: BasicConv2d::new([448, 384], [3, 3], 1, [1, 1], device),
+            branch3x3dbl_3a: row(384, 384),
+            branch3x3dbl_3b: col(384, 384),
+            branch_pool: BasicConv2d::one(c, 192, device),
+            max_pool,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let b1 = self.branch1x1.forward(x.clone());
+        let b3 = self.branch3x3_1.forward(x.clone());
+        let b3 = Tensor::cat(
+            vec![
+                self.branch3x3_2a.forward(b3.clone()),
+                self.branch3x3_2b.forward(b3),
+            ],
+            1,
+        );
+        let bd = self
+            .branch3x3dbl_2
+            .forward(self.branch3x3dbl_1.forward(x.clone()));
+        let bd = Tensor::cat(
+            vec![
+                self.branch3x3dbl_3a.forward(bd.clone()),
+                self.branch3x3dbl_3b.forward(bd),
+            ],
+            1,
+        );
+        let pooled = if self.max_pool {
+            max_pool2d(
+                x,
+                MaxPoolOptions::new([3, 3])
+                    .with_stride([1, 1])
+                    .with_padding([1, 1]),
+            )
+        } else {
+            avg_pool_3x3(x)
+        };
+        let bp = self.branch_pool.forward(pooled);
+        Tensor::cat(vec![b1, b3, bd, bp], 1)
+    }
+}
+
+/// pytorch-fid's FID Inception, images -> pool3 features. Field names are torchvision's
+/// (`Conv2d_1a_3x3` -> `conv2d_1a_3x3`), so that its state dict loads by name.
+#[derive(Module, Debug)]
+pub struct InceptionV3 {
+    conv2d_1a_3x3: BasicConv2d,
+    conv2d_2a_3x3: BasicConv2d,
+    conv2d_2b_3x3: BasicConv2d,
+    conv2d_3b_1x1: BasicConv2d,
+    conv2d_4a_3x3: BasicConv2d,
+    mixed_5b: InceptionA,
+    mixed_5c: InceptionA,
+    mixed_5d: InceptionA,
+    mixed_6a: InceptionB,
+    mixed_6b: InceptionC,
+    mixed_6c: InceptionC,
+    mixed_6d: InceptionC,
+    mixed_6e: InceptionC,
+    mixed_7a: InceptionD,
+    mixed_7b: InceptionE,
+    mixed_7c: InceptionE,
+}
+
+impl InceptionV3 {
+    /// The network with Burn's default (random) initialization: only for tests and shapes;
+    /// features need [`load`](Self::load)ed weights.
+    pub fn new(device: &Device) -> Self {
+        Self {
+            conv2d_1a_3x3: BasicConv2d::new([3, 32], [3, 3], 2, [0, 0], device),
+            conv2d_2a_3x3: BasicConv2d::new([32, 32], [3, 3], 1, [0, 0], device),
+            conv2d_2b_3x3: BasicConv2d::new([32, 64], [3, 3], 1, [1, 1], device),
+            conv2d_3b_1x1: BasicConv2d::one(64, 80, device),
+            conv2d_4a_3x3: BasicConv2d::new([80, 192], [3, 3], 1, [0, 0], device),
+            mixed_5b: InceptionA::new(192, 32, device),
+            mixed_5c: InceptionA::new(256, 64, device),
+            mixed_5d: InceptionA::new(288, 64, device),
+            mixed_6a: InceptionB::new(288, device),
+            mixed_6b: InceptionC::new(768, 128, device),
+            mixed_6c: InceptionC::new(768, 160, device),
+            mixed_6d: InceptionC::new(768, 160, device),
+            mixed_6e: InceptionC::new(768, 192, device),
+            mixed_7a: InceptionD::new(768, device),
+            mixed_7b: InceptionE::new(1280, false, device),
+            mixed_7c: InceptionE::new(2048, true, device),
+        }
+    }
+
+    /// The network with the weights of `path`: pytorch-fid's `.pth` (a PyTorch pickle) or a
+    /// `.safetensors` file with the same names. Strict: every tensor of the network must be in
+    /// the file with its shape (the file's `fc.*` classifier, which FID does not use, may be there).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+        if !path.is_file() {
+            bail!(
+                "Inception weights {} not found: run scripts/get-inception.sh, or pass pytorch-fid's \
+                 pt_inception-2015-12-05-6726825d.pth",
+                path.display()
+            );
+        }
+        let remap = [(r"^Conv2d_", "conv2d_"), (r"^Mixed_", "mixed_")];
+        let mut net = Self::new(device);
+        let safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let result = if safetensors {
+            let mut store = SafetensorsStore::from_file(path)
+                .with_from_adapter(PyTorchToBurnAdapter)
+                .with_key_remapping(remap[0].0, remap[0].1)
+                .with_key_remapping(remap[1].0, remap[1].1)
+                .allow_partial(true);
+            net.load_from(&mut store)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        } else {
+            let mut store = PytorchStore::from_file(path)
+                .with_key_remapping(remap[0].0, remap[0].1)
+                .with_key_remapping(remap[1].0, remap[1].1)
+                .allow_partial(true);
+            net.load_from(&mut store)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        .with_context(|| format!("cannot read Inception weights {}", path.display()))?;
+        if let Some(error) = result.errors.first() {
+            bail!("Inception weights {}: {error}", path.display());
+        }
+        if let Some((missing, _)) = result.missing.first() {
+            bail!(
+                "Inception weights {} lack tensor `{missing}` ({} missing in all): not pytorch-fid's \
+                 FID Inception",
+                path.display(),
+                result.missing.len()
+            );
+        }
+        Ok(net)
+    }
+
+    /// `[B, 3, 299, 299]` network input (in [-1, 1]) -> `[B, 2048]` pool3 features.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let [batch, ..] = x.dims();
+        let x = self.conv2d_1a_3x3.forward(x);
+        let x = self.conv2d_2a_3x3.forward(x);
+        let x = max_pool_3x3_s2(self.conv2d_2b_3x3.forward(x));
+        let x = self.conv2d_3b_1x1.forward(x);
+        let x = max_pool_3x3_s2(self.conv2d_4a_3x3.forward(x));
+        let x = self
+            .mixed_5d
+            .forward(self.mixed_5c.forward(self.mixed_5b.forward(x)));
+        let x = self.mixed_6a.forward(x);
+        let x = self.mixed_6c.forward(self.mixed_6b.forward(x));
+        let x = self.mixed_6e.forward(self.mixed_6d.forward(x));
+        let x = self.mixed_7a.forward(x);
+        let x = self.mixed_7c.forward(self.mixed_7b.forward(x));
+        adaptive_avg_pool2d(x, [1, 1]).reshape([batch, FEATURES])
+    }
+
+    /// `[B, C, H, W]` images in [0, 1] (C = 1 or 3) -> `[B, 2048]` features, as pytorch-fid's
+    /// `InceptionV3(resize_input=True, normalize_input=True)`.
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward(preprocess(images))
+    }
+}
+
+/// pytorch-fid's input: `[B, C, H, W]` in [0, 1] -> `[B, 3, 299, 299]` in [-1, 1] (grayscale
+/// repeated to three channels, bilinear resize with `align_corners=False`, then `2x - 1`).
+pub fn preprocess(images: Tensor<4>) -> Tensor<4> {
+    let [_, channels, ..] = images.dims();
+    let images = if channels == 1 {
+        images.repeat_dim(1, 3)
+    } else {
+        images
+    };
+    resize_bilinear(images, INPUT_SIZE, INPUT_SIZE) * 2.0 - 1.0
+}
+
+/// `torch.nn.functional.interpolate(x, size=(out_h, out_w), mode="bilinear",
+/// align_corners=False)` (no antialiasing): `[B, C, H, W]` -> `[B, C, out_h, out_w]`, as two
+/// matrix products with the separable interpolation weights (Burn's `interpolate` aligns corners).
+pub fn resize_bilinear(x: Tensor<4>, out_h: usize, out_w: usize) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    if (h, w) == (out_h, out_w) {
+        return x;
+    }
+    let device = x.device();
+    let rows = Tensor::<2>::from_data(
+        TensorData::new(linear_weights(h, out_h), [out_h, h]),
+        &device,
+    );
+    let cols = Tensor::<2>::from_data(
+        TensorData::new(linear_weights(w, out_w), [out_w, w]),
+        &device,
+    );
+    let x = x.reshape([b * c, h, w]);
+    let x = x.matmul(cols.transpose().unsqueeze::<3>()); // [BC, H, out_w]
+    let x = rows.unsqueeze::<3>().matmul(x); // [BC, out_h, out_w]
+    x.reshape([b, c, out_h, out_w])
+}
+
+/// `[out, n]` row-major weights of 1-D linear interpolation from `n` to `out` samples with
+/// PyTorch's half-pixel centres (`align_corners=False`): source `(o + 0.5) n / out - 0.5`,
+/// clamped at 0 below and at the last sample above; in f32 as PyTorch's CPU kernel computes it
+/// (the rounding of the source position is visible: ~4e-6 at 40 samples).
+fn linear_weights(n: usize, out: usize) -> Vec<f32> {
+    let scale = n as f32 / out as f32;
+    let mut weights = vec![0.0f32; out * n];
+    for o in 0..out {
+        let src = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (src as usize).min(n - 1);
+        let i1 = (i0 + 1).min(n - 1);
+        let t = src - i0 as f32;
+        weights[o * n + i0] += 1.0 - t;
+        weights[o * n + i1] += t;
+    }
+    weights
+}
