@@ -76,8 +76,8 @@ pub enum Command {
     /// Check the Lipschitz constraint of a run's critic: per-layer sigma (stored u, v vs exact),
     /// the product bound, and input-gradient norms on the run's data.
     Inspect(InspectArgs),
-    /// Sliced Wasserstein distance between a run's generator and its data (and of the data
-    /// against itself, for reference).
+    /// Sliced Wasserstein distance between a run's generator and its data, with --fid also FID
+    /// and KID (and each of the data against itself, for reference).
     Eval(EvalArgs),
     /// Train several configs with the same seed, data and budget, and write report.md with a
     /// table, overlaid plots and the final grids side by side.
@@ -169,6 +169,17 @@ pub struct EvalArgs {
     /// which is the default.
     #[arg(long)]
     pub raw: bool,
+    /// Also the Fréchet Inception Distance (as pytorch-fid), and KID (as torch-fidelity); both
+    /// need Inception weights (--inception).
+    #[arg(long)]
+    pub fid: bool,
+    /// Also the Kernel Inception Distance (same as --fid: both are printed).
+    #[arg(long)]
+    pub kid: bool,
+    /// Inception weights for FID/KID: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or
+    /// the safetensors of scripts/get-inception.sh (default: $WGAN_TRAIN_INCEPTION).
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
 }
 
 /// Flags of `compare`.
@@ -533,6 +544,15 @@ fn eval_command(args: EvalArgs) -> Result<ExitCode> {
         run.step
     );
     print!("{}", eval::swd_report(&generated, floor.as_ref(), n));
+    if args.fid || args.kid {
+        match eval::inception_weights(args.inception.as_deref()) {
+            Some(weights) => {
+                let scores = eval::fid_scores(&args.run, &run, n, &weights, &device)?;
+                print!("{}", eval::fid_report(&scores));
+            }
+            None => println!("{}", eval::NO_INCEPTION),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -332,3 +332,211 @@ pub fn evaluate_run(
     });
     Ok((generated, floor, n))
 }
+
+/// Images per Inception forward when extracting FID features.
+const INCEPTION_BATCH: usize = 25;
+
+/// torch-fidelity's KID defaults: subsets and images per subset (fewer where a set is smaller).
+const KID_SUBSETS: usize = 100;
+const KID_SUBSET_SIZE: usize = 1000;
+
+/// Where the Inception weights come from: `--inception`, else `WGAN_TRAIN_INCEPTION`; `None`
+/// (FID and KID are skipped) when neither is given.
+pub fn inception_weights(flag: Option<&Path>) -> Option<std::path::PathBuf> {
+    flag.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("WGAN_TRAIN_INCEPTION")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    })
+}
+
+/// The line printed where FID/KID are skipped for want of weights.
+pub const NO_INCEPTION: &str = "FID/KID skipped: no Inception weights; run scripts/get-inception.sh \
+     and pass --inception PATH (or set WGAN_TRAIN_INCEPTION), or use pytorch-fid's \
+     pt_inception-2015-12-05-6726825d.pth";
+
+/// Inception pool3 features `[n, 2048]` (row-major) of `images` (values 0..255, as
+/// pytorch-fid reads 8-bit files), in batches, with a progress bar naming `what`.
+pub fn inception_features(
+    net: &crate::inception::InceptionV3,
+    images: &Images,
+    what: &str,
+    device: &Device,
+) -> Vec<f32> {
+    use crate::inception::FEATURES;
+    let per = images.channels * images.size * images.size;
+    let template = format!(
+        "Inception features of {what} {{bar:30}} {{pos}}/{{len}} [{{elapsed}} < {{eta}}, {{per_sec}}]"
+    );
+    let bar = indicatif::ProgressBar::new(images.n as u64)
+        .with_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
+    let mut out = Vec::with_capacity(images.n * FEATURES);
+    for start in (0..images.n).step_by(INCEPTION_BATCH) {
+        let count = INCEPTION_BATCH.min(images.n - start);
+        let values = images.values[start * per..(start + count) * per].to_vec();
+        let shape = [count, images.channels, images.size, images.size];
+        let x = Tensor::<4>::from_data(TensorData::new(values, shape), device) / 255.0;
+        let features = net.features(x); // [count, 2048]
+        out.extend(
+            features
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 data"),
+        );
+        bar.inc(count as u64);
+    }
+    bar.finish_and_clear();
+    out
+}
+
+/// FID and KID of a run's generator against its data, and of the data against itself.
+#[derive(Debug, Clone)]
+pub struct FidScores {
+    /// Images per set.
+    pub n: usize,
+    /// FID of `n` generated images against `n` real ones.
+    pub fid: f64,
+    /// KID of the same sets.
+    pub kid: crate::fid::Kid,
+    /// FID and KID of `n` real images against `n` others, where the data holds `2n`.
+    pub floor: Option<(f64, crate::fid::Kid)>,
+    /// The real features' statistics file (pytorch-fid's .npz) in the run folder.
+    pub stats_file: std::path::PathBuf,
+}
+
+/// FID/KID of `run`'s generator with the Inception `weights`: `n` generated images (the SWD
+/// evaluation's noise stream) against `n` real images (its real stream); the real features are
+/// cached under `RUN/fid/`, keyed by the data folder's files, the preparation, `n`, the seed
+/// and the weights file, with their statistics as a pytorch-fid `.npz` beside them.
+pub fn fid_scores(
+    run_dir: &Path,
+    run: &LoadedRun,
+    n: usize,
+    weights: &Path,
+    device: &Device,
+) -> Result<FidScores> {
+    use crate::fid::{FeatureStats, frechet_distance, kid};
+    use crate::inception::{FEATURES, InceptionV3};
+    let device = device.clone().without_autodiff();
+    let net = InceptionV3::load(weights, &device)?;
+    let config = &run.config;
+    let seed = config.train.seed;
+    let data = run_data(config, 2 * n)?;
+    let n = n.min(data.len());
+    let halves = if data.len() >= 2 * n { 2 } else { 1 };
+    let cache = fid_cache_path(run_dir, config, halves * n, weights)?;
+    let real = match read_features(&cache, halves * n) {
+        Some(features) => features,
+        None => {
+            let images = real_images(&data, halves * n, seed ^ REAL_STREAM);
+            let features = inception_features(&net, &images, "the data", &device);
+            write_features(&cache, &features)?;
+            features
+        }
+    };
+    let first = &real[..n * FEATURES];
+    let real_stats = FeatureStats::from_features(first, FEATURES)?;
+    let stats_file = cache.with_extension("npz");
+    real_stats.write_npz(&stats_file)?;
+    let generated = generated_images(
+        &run.generator.valid(),
+        n,
+        config.model.z_dim,
+        seed ^ NOISE_STREAM,
+        &device,
+    );
+    let fake = inception_features(&net, &generated, "G's samples", &device);
+    let size = KID_SUBSET_SIZE.min(n);
+    let fid = frechet_distance(&FeatureStats::from_features(&fake, FEATURES)?, &real_stats)?;
+    let kid_fake = kid(&fake, first, FEATURES, KID_SUBSETS, size, seed)?;
+    let floor = if halves == 2 {
+        let second = &real[n * FEATURES..];
+        let fid = frechet_distance(&FeatureStats::from_features(second, FEATURES)?, &real_stats)?;
+        Some((fid, kid(second, first, FEATURES, KID_SUBSETS, size, seed)?))
+    } else {
+        None
+    };
+    Ok(FidScores {
+        n,
+        fid,
+        kid: kid_fake,
+        floor,
+        stats_file,
+    })
+}
+
+/// `RUN/fid/real-<key>.f32`: the key hashes the data folder's image files (paths, sizes,
+/// mtimes), the preparation, the image count, the seed and the weights file (path, size, mtime).
+fn fid_cache_path(
+    run_dir: &Path,
+    config: &Config,
+    n: usize,
+    weights: &Path,
+) -> Result<std::path::PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let d = &config.data;
+    let files = crate::data::image_files(&d.dir)?;
+    let folder =
+        crate::cache::path_for(run_dir, &d.dir, &files, (d.image_size, d.channels, d.crop))?;
+    let mut h = std::hash::DefaultHasher::new();
+    folder.file_stem().hash(&mut h);
+    (n, config.train.seed).hash(&mut h);
+    weights
+        .canonicalize()
+        .unwrap_or_else(|_| weights.to_path_buf())
+        .hash(&mut h);
+    if let Ok(meta) = std::fs::metadata(weights) {
+        meta.len().hash(&mut h);
+        meta.modified().ok().hash(&mut h);
+    }
+    Ok(run_dir
+        .join("fid")
+        .join(format!("real-{:016x}.f32", h.finish())))
+}
+
+/// Cached features: `n * 2048` little-endian f32, or `None` when absent or of another size.
+fn read_features(path: &Path, n: usize) -> Option<Vec<f32>> {
+    let bytes = std::fs::read(path).ok()?;
+    (bytes.len() == n * crate::inception::FEATURES * 4).then(|| {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    })
+}
+
+fn write_features(path: &Path, features: &[f32]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create {}: check that the run folder is writable",
+                dir.display()
+            )
+        })?;
+    }
+    let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+    crate::atomic::write_atomic(path, &bytes)
+}
+
+/// `eval`'s FID/KID lines.
+pub fn fid_report(scores: &FidScores) -> String {
+    let kid = |k: &crate::fid::Kid| format!("{:.5} +- {:.5}", k.mean, k.std);
+    let mut out = format!(
+        "FID {:.3}  KID {}  ({} generated against {} real images; KID over {} subsets of {})\n",
+        scores.fid,
+        kid(&scores.kid),
+        scores.n,
+        scores.n,
+        KID_SUBSETS,
+        KID_SUBSET_SIZE.min(scores.n)
+    );
+    if let Some((fid, k)) = &scores.floor {
+        out += &format!(
+            "real against real: FID {fid:.3}  KID {} (the floor at this many images)\n",
+            kid(k)
+        );
+    }
+    out += &format!("real statistics: {}\n", scores.stats_file.display());
+    out
+}

@@ -48,6 +48,12 @@ impl BasicConv2d {
             .with_stride([stride, stride])
             .with_padding(PaddingConfig2d::Explicit(ph, pw, ph, pw))
             .with_bias(false)
+            // He initialization keeps activations at scale through the 94 layers of a random
+            // network (tests); real use loads the weights.
+            .with_initializer(burn::nn::Initializer::KaimingNormal {
+                gain: std::f64::consts::SQRT_2,
+                fan_out_only: false,
+            })
             .init(device);
         Self {
             conv,
@@ -319,8 +325,8 @@ pub struct InceptionV3 {
 }
 
 impl InceptionV3 {
-    /// The network with Burn's default (random) initialization: only for tests and shapes;
-    /// features need [`load`](Self::load)ed weights.
+    /// The network with random weights (He-normal convolutions, BatchNorm at identity): only
+    /// for tests and shapes; features need [`load`](Self::load)ed weights.
     pub fn new(device: &Device) -> Self {
         Self {
             conv2d_1a_3x3: BasicConv2d::new([3, 32], [3, 3], 2, [0, 0], device),
@@ -386,6 +392,20 @@ impl InceptionV3 {
             );
         }
         Ok(net)
+    }
+
+    /// Writes the weights as [`load`](Self::load) reads them: safetensors with torchvision's
+    /// names and PyTorch's BatchNorm names (`weight`, `bias`, `running_mean`, `running_var`).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+        let mut store = SafetensorsStore::from_bytes(None)
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .with_key_remapping(r"^conv2d_", "Conv2d_")
+            .with_key_remapping(r"^mixed_", "Mixed_");
+        self.save_into(&mut store)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let bytes = store.get_bytes().map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::atomic::write_atomic(path, &bytes)
     }
 
     /// `[B, 3, 299, 299]` network input (in [-1, 1]) -> `[B, 2048]` pool3 features.

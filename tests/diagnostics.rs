@@ -208,6 +208,121 @@ fn eval_reports_swd_per_level_with_the_real_data_floor() {
 }
 
 #[test]
+fn eval_reports_fid_and_kid_with_a_cached_real_side() {
+    use burn::prelude::Device;
+    use wgan_train::inception::InceptionV3;
+    let (tmp, config) = setup_kind("spectral_norm");
+    succeed(binary().arg("--config").arg(&config));
+    // Random (Burn-initialized) weights, written as the weights files are laid out.
+    let weights = tmp.path().join("inception.safetensors");
+    InceptionV3::new(&Device::flex()).save(&weights).unwrap();
+    let run = tmp.path().join("run");
+    let eval = |extra: &[&str]| {
+        succeed_stdout(
+            binary()
+                .args(["eval", "--run"])
+                .arg(&run)
+                .args(["--images", "16"])
+                .args(extra)
+                .env_remove("WGAN_TRAIN_INCEPTION"),
+        )
+    };
+    let weights_arg = weights.to_str().unwrap();
+    let first = eval(&["--fid", "--inception", weights_arg]);
+    let numbers = |line: &str| -> Vec<f64> {
+        line.split_whitespace()
+            .filter_map(|w| w.parse::<f64>().ok())
+            .collect()
+    };
+    let fid_line = first
+        .lines()
+        .find(|l| l.starts_with("FID"))
+        .unwrap_or_else(|| panic!("{first}"));
+    let v = numbers(fid_line); // FID, KID mean, KID std, then the counts
+    assert!(
+        v[0].is_finite() && v[0] > 0.0 && v[1].is_finite() && v[2] >= 0.0,
+        "{first}"
+    );
+    let floor = first
+        .lines()
+        .find(|l| l.starts_with("real against real"))
+        .unwrap_or_else(|| panic!("{first}"));
+    let f = numbers(floor);
+    assert!(f[0].is_finite() && f[0] >= 0.0, "{first}");
+    // The real side is cached in the run folder with pytorch-fid statistics beside it; a
+    // second evaluation reads it and gives the same numbers.
+    let cached: Vec<_> = std::fs::read_dir(run.join("fid"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "f32")),
+        "{cached:?}"
+    );
+    let stats = cached
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "npz"))
+        .unwrap();
+    let read = wgan_train::fid::FeatureStats::read_npz(stats).unwrap();
+    assert_eq!(read.dim(), 2048);
+    let second = eval(&["--kid", "--inception", weights_arg]);
+    assert_eq!(
+        first.lines().find(|l| l.starts_with("FID")),
+        second.lines().find(|l| l.starts_with("FID")),
+        "{second}"
+    );
+    // Without weights: one line saying how to get them, and the SWD as before.
+    let skipped = eval(&["--fid"]);
+    assert!(
+        skipped.contains("FID/KID skipped") && skipped.contains("get-inception"),
+        "{skipped}"
+    );
+    assert!(skipped.lines().any(|l| l.starts_with("mean")), "{skipped}");
+    // Broken weights: a one-line error naming the file.
+    let broken = tmp.path().join("broken.safetensors");
+    std::fs::write(&broken, b"not safetensors").unwrap();
+    let (out, stderr) = common::run(
+        binary()
+            .args(["eval", "--run"])
+            .arg(&run)
+            .args(["--images", "16", "--fid", "--inception"])
+            .arg(&broken),
+    );
+    assert_clean_failure(&out, &stderr, &["broken.safetensors"]);
+}
+
+#[test]
+fn identical_image_sets_are_at_fid_zero() {
+    use burn::prelude::Device;
+    use wgan_train::fid::{FeatureStats, frechet_distance};
+    use wgan_train::inception::{FEATURES, InceptionV3};
+    use wgan_train::swd::Images;
+    let device = Device::flex();
+    device.seed(3);
+    let net = InceptionV3::new(&device);
+    let values: Vec<f32> = (0..8 * 32 * 32).map(|i| ((i * 37) % 256) as f32).collect();
+    let images = Images {
+        values,
+        n: 8,
+        channels: 1,
+        size: 32,
+    };
+    let a = wgan_train::eval::inception_features(&net, &images, "a", &device);
+    let b = wgan_train::eval::inception_features(&net, &images, "b", &device);
+    let (sa, sb) = (
+        FeatureStats::from_features(&a, FEATURES).unwrap(),
+        FeatureStats::from_features(&b, FEATURES).unwrap(),
+    );
+    let fid = frechet_distance(&sa, &sb).unwrap();
+    assert!(
+        fid.abs() < 1e-6 * sa.sigma.trace().max(1.0),
+        "FID {fid} of a set against itself"
+    );
+}
+
+#[test]
 fn compare_trains_each_config_and_writes_the_report() {
     let tmp = tempfile::tempdir().unwrap();
     let data = image_folder(tmp.path(), 40);
