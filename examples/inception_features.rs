@@ -33,9 +33,11 @@ fn main() -> Result<()> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
+    let started = std::time::Instant::now();
     let mut features = Vec::with_capacity(n * FEATURES);
-    for start in (0..n).step_by(8) {
-        let count = 8.min(n - start);
+    let batch: usize = std::env::var("BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(25);
+    for start in (0..n).step_by(batch) {
+        let count = batch.min(n - start);
         let x = Tensor::<4>::from_data(
             TensorData::new(
                 values[start * per..(start + count) * per].to_vec(),
@@ -46,6 +48,8 @@ fn main() -> Result<()> {
         let f = net.forward(x).into_data().convert::<f32>();
         features.extend(f.try_to_vec::<f32>().expect("f32 data"));
     }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("{n} images in {secs:.2} s: {:.2} images/s", n as f64 / secs);
     let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(out, bytes).with_context(|| format!("cannot write {out}"))
 }
