@@ -35,7 +35,10 @@ fn main() -> Result<()> {
         .collect();
     let started = std::time::Instant::now();
     let mut features = Vec::with_capacity(n * FEATURES);
-    let batch: usize = std::env::var("BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(25);
+    let batch: usize = std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(25);
     for start in (0..n).step_by(batch) {
         let count = batch.min(n - start);
         let x = Tensor::<4>::from_data(

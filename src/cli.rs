@@ -200,6 +200,10 @@ pub struct CompareArgs {
     /// Training minutes per run (stops each run there; with --iterations, whichever first).
     #[arg(long, allow_negative_numbers = true)]
     pub minutes: Option<f64>,
+    /// Run each config with this many consecutive seeds (from its train.seed) and report the
+    /// mean and spread over seeds, with a verdict on which config wins beyond seed noise.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub seeds: usize,
     /// Delete earlier runs in --out first.
     #[arg(long)]
     pub force: bool,
@@ -545,7 +549,7 @@ fn eval_command(args: EvalArgs) -> Result<ExitCode> {
     );
     print!("{}", eval::swd_report(&generated, floor.as_ref(), n));
     if args.fid || args.kid {
-        match eval::inception_weights(args.inception.as_deref()) {
+        match eval::inception_weights(args.inception.as_deref(), &run.config) {
             Some(weights) => {
                 let scores = eval::fid_scores(&args.run, &run, n, &weights, &device)?;
                 print!("{}", eval::fid_report(&scores));
@@ -582,6 +586,9 @@ fn compare_command(args: CompareArgs) -> Result<ExitCode> {
         if args.minutes.is_some() {
             bail!("--minutes does not apply to toy configs: use --iterations");
         }
+        if args.seeds != 1 {
+            bail!("--seeds does not apply to toy configs yet: compare them one seed at a time");
+        }
         let interrupt = install_interrupt_handler()?;
         let (report, interrupted) = crate::toy::compare(
             &entries,
@@ -608,6 +615,7 @@ fn compare_command(args: CompareArgs) -> Result<ExitCode> {
         &entries,
         &args.overrides,
         budget,
+        args.seeds,
         &args.out,
         args.force,
         &device,

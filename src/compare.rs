@@ -92,12 +92,15 @@ pub fn load_config(path: &Path, overrides: &[String], budget: Budget) -> Result<
 }
 
 /// Trains every entry in turn (each config validated before any run starts), then writes the
-/// report. Returns the report's path, or `None` when interrupted (the report then covers the
-/// runs so far).
+/// report. With `seeds` > 1, each config runs with its seed and the `seeds - 1` following ones
+/// (folders `OUT/NAME/seed-S`, all configs of one seed before the next seed), and the report
+/// adds the mean and spread over seeds with a verdict. Returns the report's path, and whether
+/// the runs finished (when interrupted the report covers the runs so far).
 pub fn compare(
     entries: &[Entry],
     overrides: &[String],
     budget: Budget,
+    seeds: usize,
     out: &Path,
     force: bool,
     device: &Device,
@@ -106,11 +109,32 @@ pub fn compare(
     if entries.is_empty() {
         bail!("--configs names no config: give two or more, e.g. configs/sn.toml configs/gp.toml");
     }
-    let configs: Vec<Config> = entries
+    if seeds == 0 {
+        bail!("--seeds 0: give at least one seed");
+    }
+    let base: Vec<Config> = entries
         .iter()
         .map(|e| load_config(&e.config_path, overrides, budget))
         .collect::<Result<_>>()?;
-    for e in entries {
+    // (seed index, entry, config) in training order.
+    let mut runs: Vec<(usize, Entry, Config)> = Vec::new();
+    for k in 0..seeds {
+        for (entry, config) in entries.iter().zip(&base) {
+            if seeds == 1 {
+                runs.push((k, entry.clone(), config.clone()));
+                continue;
+            }
+            let seed = config.train.seed + k as u64;
+            let mut config = config.clone();
+            config.train.seed = seed;
+            let entry = Entry {
+                dir: entry.dir.join(format!("seed-{seed}")),
+                ..entry.clone()
+            };
+            runs.push((k, entry, config));
+        }
+    }
+    for (_, e, _) in &runs {
         if train::holds_anything(&e.dir) {
             if !force {
                 bail!(
@@ -122,23 +146,138 @@ pub fn compare(
         }
     }
     let mut ended = Ended::Finished;
-    let mut done = Vec::new();
-    for (entry, config) in entries.iter().zip(&configs) {
+    let mut done: Vec<(usize, Entry, Config)> = Vec::new();
+    for (k, entry, config) in &runs {
         eprintln!(
-            "compare: training {} ({}) into {}",
+            "compare: training {} ({}, seed {}) into {}",
             entry.name,
             config.constraint.kind.name(),
+            config.train.seed,
             entry.dir.display()
         );
         let summary = train::train(config, &entry.dir, device, Start::Fresh, interrupt)?;
-        done.push(entry.clone());
+        done.push((*k, entry.clone(), config.clone()));
         if summary.ended == Ended::Interrupted {
             ended = Ended::Interrupted;
             break;
         }
     }
-    let report = write_report(&done, &configs, out)?;
+    let first: Vec<&(usize, Entry, Config)> = done.iter().filter(|(k, ..)| *k == 0).collect();
+    let first_entries: Vec<Entry> = first.iter().map(|(_, e, _)| e.clone()).collect();
+    let first_configs: Vec<Config> = first.iter().map(|(.., c)| c.clone()).collect();
+    let over_seeds = if seeds > 1 {
+        seeds_section(&done, entries)?
+    } else {
+        String::new()
+    };
+    let report = write_report(&first_entries, &first_configs, out, &over_seeds)?;
     Ok((report, ended))
+}
+
+/// Mean and population standard deviation (`None` for no values).
+fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    Some((mean, var.sqrt()))
+}
+
+/// The report's section over seeds: per config the mean +- std over its seeds of the final SWD,
+/// FID, KID and W estimate; then the verdict by FID (SWD where no run has FID): the config with
+/// the lowest mean against each other, paired by seed, "beyond seed noise" where the mean
+/// paired difference exceeds twice its standard error.
+pub fn seeds_section(done: &[(usize, Entry, Config)], entries: &[Entry]) -> Result<String> {
+    let mut per_config: Vec<(String, String, Vec<(usize, Row)>)> = Vec::new();
+    for entry in entries {
+        let mut rows = Vec::new();
+        let mut kind = String::new();
+        for (k, e, c) in done.iter().filter(|(_, e, _)| e.name == entry.name) {
+            let records = metrics::read(&e.dir.join("metrics.jsonl"))
+                .with_context(|| format!("run {} left no metrics", e.dir.display()))?;
+            kind = c.constraint.kind.name().to_string();
+            rows.push((*k, row(&e.name, &kind, &records, f64::INFINITY)));
+        }
+        per_config.push((entry.name.clone(), kind, rows));
+    }
+    let seeds = per_config.iter().map(|(.., r)| r.len()).max().unwrap_or(0);
+    let cell = |v: Option<(f64, f64)>, digits: usize| {
+        v.map_or("-".to_string(), |(m, s)| {
+            format!("{m:.digits$} +- {s:.digits$}")
+        })
+    };
+    let mut md = format!(
+        "## Over {seeds} seeds\n\nEach config trained with {seeds} consecutive seeds (folders `NAME/seed-S`; the table above and the plots show the first); mean +- standard deviation over seeds of the last evaluation.\n\n| run | constraint | seeds | final SWD | final FID | final KID | W estimate |\n|---|---|---:|---:|---:|---:|---:|\n"
+    );
+    let column = |rows: &[(usize, Row)], f: fn(&Row) -> Option<f64>| -> Vec<f64> {
+        rows.iter().filter_map(|(_, r)| f(r)).collect()
+    };
+    for (name, kind, rows) in &per_config {
+        md += &format!(
+            "| {name} | {kind} | {} | {} | {} | {} | {} |\n",
+            rows.len(),
+            cell(mean_std(&column(rows, |r| r.final_swd)), 2),
+            cell(mean_std(&column(rows, |r| r.final_fid)), 2),
+            cell(mean_std(&column(rows, |r| r.final_kid.map(|k| k.mean))), 4),
+            cell(mean_std(&column(rows, |r| r.wasserstein)), 3),
+        );
+    }
+    let by_fid = per_config
+        .iter()
+        .all(|(.., rows)| !rows.is_empty() && rows.iter().all(|(_, r)| r.final_fid.is_some()));
+    let (metric, pick): (&str, fn(&Row) -> Option<f64>) = if by_fid {
+        ("FID", |r| r.final_fid)
+    } else {
+        ("SWD", |r| r.final_swd)
+    };
+    let means: Vec<(usize, f64)> = per_config
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (.., rows))| mean_std(&column(rows, pick)).map(|(m, _)| (i, m)))
+        .collect();
+    let Some(&(best, best_mean)) = means.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+        return Ok(md);
+    };
+    md += &format!(
+        "\n**Verdict by final {metric}** (lower is better): {} has the lowest mean ({best_mean:.2}).",
+        per_config[best].0
+    );
+    for (i, (name, _, rows)) in per_config.iter().enumerate() {
+        if i == best {
+            continue;
+        }
+        // Pairs by seed index.
+        let diffs: Vec<f64> = rows
+            .iter()
+            .filter_map(|(k, r)| {
+                let theirs = pick(r)?;
+                let ours = per_config[best]
+                    .2
+                    .iter()
+                    .find(|(kb, _)| kb == k)
+                    .and_then(|(_, rb)| pick(rb))?;
+                Some(theirs - ours)
+            })
+            .collect();
+        let wins = diffs.iter().filter(|d| **d > 0.0).count();
+        let n = diffs.len();
+        let verdict = if n >= 2 {
+            let (m, s) = mean_std(&diffs).expect("values");
+            let se = s * (n as f64 / (n as f64 - 1.0)).sqrt() / (n as f64).sqrt();
+            if m > 2.0 * se {
+                format!("ahead by {m:.2} +- {se:.2} (standard error): beyond seed noise")
+            } else {
+                format!("ahead by {m:.2} +- {se:.2} (standard error): within seed noise")
+            }
+        } else {
+            "one seed: no verdict".to_string()
+        };
+        md += &format!(" Against {name}: lower on {wins} of {n} seeds, {verdict}.");
+    }
+    md += "\n\n";
+    Ok(md)
 }
 
 /// What the report's table shows for one run.
@@ -166,6 +305,10 @@ pub struct Row {
     pub wasserstein: Option<f64>,
     /// Product of the layers' certified norm bounds (the critic is 1-Lipschitz when <= 1).
     pub certified_bound: Option<f64>,
+    /// The last FID (where the runs had Inception weights).
+    pub final_fid: Option<f64>,
+    /// The last KID.
+    pub final_kid: Option<crate::fid::Kid>,
 }
 
 /// The table row of a run from its metrics; `equal_time` is the shortest run's training time.
@@ -206,6 +349,8 @@ pub fn row(name: &str, kind: &str, records: &[Record], equal_time: f64) -> Row {
         certified_bound: diagnosed
             .filter(|l| !l.operator_bounds.is_empty())
             .map(|l| l.operator_bounds.iter().product()),
+        final_fid: records.iter().rev().find_map(|r| r.fid),
+        final_kid: records.iter().rev().find_map(|r| r.kid),
     }
 }
 
@@ -221,7 +366,7 @@ fn num(v: f64) -> String {
 /// The markdown table.
 pub fn table(rows: &[Row], equal_time: f64) -> String {
     let mut out = format!(
-        "| run | constraint | iterations | s/iteration | final SWD | SWD at {equal_time:.0} s (iteration) | grad norm interp. mean / max | grad norm real / fake mean | max sigma error | product bound | certified bound | W estimate |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| run | constraint | iterations | s/iteration | final SWD | SWD at {equal_time:.0} s (iteration) | grad norm interp. mean / max | grad norm real / fake mean | max sigma error | product bound | certified bound | W estimate | final FID | final KID |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let at = r
@@ -234,7 +379,7 @@ pub fn table(rows: &[Row], equal_time: f64) -> String {
             )
         });
         out += &format!(
-            "| {} | {} | {} | {:.3} | {} | {at} | {interp} | {real_fake} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.3} | {} | {at} | {interp} | {real_fake} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.kind,
             r.iterations,
@@ -244,6 +389,9 @@ pub fn table(rows: &[Row], equal_time: f64) -> String {
             r.bound.map_or("-".into(), |b| format!("{b:.3e}")),
             r.certified_bound.map_or("-".into(), |b| format!("{b:.3e}")),
             r.wasserstein.map_or("-".into(), num),
+            r.final_fid.map_or("-".into(), |f| format!("{f:.2}")),
+            r.final_kid
+                .map_or("-".into(), |k| format!("{:.4} +- {:.4}", k.mean, k.std)),
         );
     }
     out
@@ -256,7 +404,7 @@ fn figures(runs: &[(String, Vec<Record>)]) -> Vec<Figure<'static>> {
             .map(|(name, records)| Series::from_records(name.clone(), records, f))
             .collect()
     };
-    vec![
+    let mut figures = vec![
         Figure {
             file: "swd.svg",
             title: "Sliced Wasserstein distance to the data (x1e3, lower is better)",
@@ -281,7 +429,19 @@ fn figures(runs: &[(String, Vec<Record>)]) -> Vec<Figure<'static>> {
             y_label: "log10 bound",
             series: per_run(|r| r.lipschitz.as_ref().map(|l| l.bound.log10())),
         },
-    ]
+    ];
+    if runs
+        .iter()
+        .any(|(_, records)| records.iter().any(|r| r.fid.is_some()))
+    {
+        figures.push(Figure {
+            file: "fid.svg",
+            title: "Fréchet Inception Distance to the data (lower is better)",
+            y_label: "FID",
+            series: per_run(|r| r.fid),
+        });
+    }
+    figures
 }
 
 /// The newest sample grid of a run.
@@ -311,7 +471,12 @@ pub fn side_by_side(images: &[DynamicImage]) -> RgbImage {
 }
 
 /// Writes `OUT/report.md`, `OUT/plots/*.svg` and `OUT/grids.png` for the runs in `entries`.
-pub fn write_report(entries: &[Entry], configs: &[Config], out: &Path) -> Result<PathBuf> {
+pub fn write_report(
+    entries: &[Entry],
+    configs: &[Config],
+    out: &Path,
+    over_seeds: &str,
+) -> Result<PathBuf> {
     let mut runs = Vec::new();
     for e in entries {
         let records = metrics::read(&e.dir.join("metrics.jsonl"))
@@ -355,9 +520,16 @@ pub fn write_report(entries: &[Entry], configs: &[Config], out: &Path) -> Result
         c0.output.eval_images
     );
     md += &table(&rows, equal_time);
-    md += "\nGradient norms are ||grad_x f|| of the critic on a batch of the data, generated images and their interpolates at the last metrics line; the sigma error is the power iteration's largest relative error over the layers (spectral_norm, spectral_penalty); the product bound multiplies the layers' kernel norms as used in the forward pass (matrix views); the certified bound multiplies certified upper bounds on each layer's norm as an operator (the critic is 1-Lipschitz where it is <= 1); W is the last Wasserstein estimate, mean f(real) - mean f(fake).\n\n";
+    md += "\nGradient norms are ||grad_x f|| of the critic on a batch of the data, generated images and their interpolates at the last metrics line; the sigma error is the power iteration's largest relative error over the layers (spectral_norm, spectral_penalty); the product bound multiplies the layers' kernel norms as used in the forward pass (matrix views); the certified bound multiplies certified upper bounds on each layer's norm as an operator (the critic is 1-Lipschitz where it is <= 1); W is the last Wasserstein estimate, mean f(real) - mean f(fake); FID and KID (pytorch-fid's Inception, where `output.inception` or WGAN_TRAIN_INCEPTION gives its weights) use the SWD's images.\n\n";
+    md += over_seeds;
     md += "## Plots\n\n";
-    for f in ["swd", "wasserstein", "gradient_norms", "lipschitz_bound"] {
+    for f in [
+        "swd",
+        "fid",
+        "wasserstein",
+        "gradient_norms",
+        "lipschitz_bound",
+    ] {
         if plots.join(format!("{f}.svg")).exists() {
             md += &format!("![{f}](plots/{f}.svg)\n\n");
         }

@@ -358,8 +358,14 @@ pub struct OutputConfig {
     /// Compute the sliced Wasserstein distance to the data every this many generator
     /// iterations and at the end (0: never).
     pub eval_every: usize,
-    /// Images per set (generated and real) for the sliced Wasserstein distance.
+    /// Images per set (generated and real) for the sliced Wasserstein distance (and FID/KID).
     pub eval_images: usize,
+    /// What each evaluation computes, of "swd", "fid", "kid"; empty (the default): SWD, and FID
+    /// and KID too where Inception weights are given (`inception` or `WGAN_TRAIN_INCEPTION`).
+    pub eval_metrics: Vec<String>,
+    /// The FID Inception's weights (scripts/get-inception.py's safetensors or pytorch-fid's
+    /// .pth); unset: `WGAN_TRAIN_INCEPTION`, else none.
+    pub inception: Option<PathBuf>,
     /// Redraw the plots in `plots/` with every metrics line.
     pub plots: bool,
 }
@@ -376,6 +382,8 @@ impl Default for OutputConfig {
             diagnostics: true,
             eval_every: 250,
             eval_images: 256,
+            eval_metrics: Vec::new(),
+            inception: None,
             plots: true,
         }
     }
@@ -388,6 +396,30 @@ impl DataConfig {
             size: self.image_size,
             channels: self.channels,
             crop: self.crop,
+        }
+    }
+}
+
+/// The metrics `output.eval_metrics` may name.
+pub const EVAL_METRICS: [&str; 3] = ["swd", "fid", "kid"];
+
+impl OutputConfig {
+    /// The Inception weights FID/KID use: `inception`, else `WGAN_TRAIN_INCEPTION`.
+    pub fn inception_weights(&self) -> Option<PathBuf> {
+        self.inception.clone().or_else(|| {
+            std::env::var_os("WGAN_TRAIN_INCEPTION")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    }
+
+    /// Whether evaluations compute `metric` ("swd", "fid" or "kid"): as listed in
+    /// `eval_metrics`, or by default SWD, and FID and KID where weights are given.
+    pub fn evaluates(&self, metric: &str) -> bool {
+        if self.eval_metrics.is_empty() {
+            metric == "swd" || self.inception_weights().is_some()
+        } else {
+            self.eval_metrics.iter().any(|m| m == metric)
         }
     }
 }
@@ -471,6 +503,16 @@ impl Config {
                 o.eval_images,
                 EVAL_IMAGES.start(),
                 EVAL_IMAGES.end()
+            );
+        }
+        if let Some(bad) = o
+            .eval_metrics
+            .iter()
+            .find(|m| !EVAL_METRICS.contains(&m.as_str()))
+        {
+            bail!(
+                "output.eval_metrics: unknown metric {bad:?}: use any of {}",
+                EVAL_METRICS.map(|m| format!("{m:?}")).join(", ")
             );
         }
         if let Some(m) = t.max_minutes
@@ -669,6 +711,25 @@ mod tests {
         assert_eq!(c.train.lr_d, 1e-4);
         assert_eq!(c.data.dir, PathBuf::from("/tmp/some images"));
         assert_eq!(c.constraint.kind, ConstraintKind::None);
+    }
+
+    #[test]
+    fn eval_metrics_are_checked_and_fid_follows_the_weights() {
+        let e = err("[output]\neval_metrics = [\"swd\", \"fdi\"]\n", &[]);
+        assert!(
+            e.contains("output.eval_metrics") && e.contains("\"fdi\"") && e.contains("\"fid\""),
+            "{e}"
+        );
+        let c = Config::from_toml("[output]\ninception = \"w.safetensors\"\n", &[]).unwrap();
+        assert!(["swd", "fid", "kid"].iter().all(|m| c.output.evaluates(m)));
+        let c = Config::from_toml("[output]\neval_metrics = [\"fid\"]\n", &[]).unwrap();
+        assert!(
+            c.output.evaluates("fid") && !c.output.evaluates("swd") && !c.output.evaluates("kid")
+        );
+        if std::env::var_os("WGAN_TRAIN_INCEPTION").is_none() {
+            let c = Config::from_toml("", &[]).unwrap();
+            assert!(c.output.evaluates("swd") && !c.output.evaluates("fid"));
+        }
     }
 
     #[test]

@@ -64,11 +64,29 @@ pub fn generated_images(
     Images::from_bytes(&bytes, channels, size)
 }
 
-/// Sliced Wasserstein distance between a run's generator and a fixed sample of its data.
+/// Sliced Wasserstein distance (and, with [`with_fid`](Self::with_fid), FID and KID) between
+/// a run's generator and a fixed sample of its data.
 pub struct Evaluator {
     real: Images,
     z_dim: usize,
     seed: u64,
+    fid: Option<FidSide>,
+}
+
+/// The FID network and the real sample's features.
+struct FidSide {
+    net: crate::inception::InceptionV3,
+    real_features: Vec<f32>,
+    real_stats: crate::fid::FeatureStats,
+}
+
+/// One evaluation: SWD, and FID and KID where the evaluator has the Inception.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Sliced Wasserstein distance.
+    pub swd: Swd,
+    /// FID and KID of the same generated images against the same real ones.
+    pub fid: Option<(f64, crate::fid::Kid)>,
 }
 
 impl Evaluator {
@@ -78,7 +96,24 @@ impl Evaluator {
             real: real_images(data, n, seed ^ REAL_STREAM),
             z_dim,
             seed,
+            fid: None,
         }
+    }
+
+    /// Also FID and KID, with the Inception of `weights` (the real sample's features are
+    /// extracted now, with a progress bar).
+    pub fn with_fid(mut self, weights: &Path, device: &Device) -> Result<Self> {
+        let device = device.clone().without_autodiff();
+        let net = crate::inception::InceptionV3::load(weights, &device)?;
+        let real_features = inception_features(&net, &self.real, "the data", &device);
+        let real_stats =
+            crate::fid::FeatureStats::from_features(&real_features, crate::inception::FEATURES)?;
+        self.fid = Some(FidSide {
+            net,
+            real_features,
+            real_stats,
+        });
+        Ok(self)
     }
 
     /// Images per set.
@@ -93,14 +128,46 @@ impl Evaluator {
 
     /// SWD of `generator` (any mode; an inference copy is taken) against the real sample.
     pub fn swd(&self, generator: &Generator, device: &Device) -> Swd {
-        let fake = generated_images(
+        swd::swd(&self.real, &self.generated(generator, device), self.seed)
+    }
+
+    /// SWD, and FID/KID where set up, of one set of generated images.
+    pub fn evaluate(&self, generator: &Generator, device: &Device) -> Result<Evaluation> {
+        let fake = self.generated(generator, device);
+        let fid = match &self.fid {
+            Some(side) => {
+                use crate::inception::FEATURES;
+                let device = device.clone().without_autodiff();
+                let features = inception_features(&side.net, &fake, "G's samples", &device);
+                let stats = crate::fid::FeatureStats::from_features(&features, FEATURES)?;
+                let fid = crate::fid::frechet_distance(&stats, &side.real_stats)?;
+                let size = kid_subset_size(fake.n);
+                let kid = crate::fid::kid(
+                    &features,
+                    &side.real_features,
+                    FEATURES,
+                    KID_SUBSETS,
+                    size,
+                    self.seed,
+                )?;
+                Some((fid, kid))
+            }
+            None => None,
+        };
+        Ok(Evaluation {
+            swd: swd::swd(&self.real, &fake, self.seed),
+            fid,
+        })
+    }
+
+    fn generated(&self, generator: &Generator, device: &Device) -> Images {
+        generated_images(
             &generator.valid(),
             self.real.n,
             self.z_dim,
             self.seed ^ NOISE_STREAM,
             &device.clone().without_autodiff(),
-        );
-        swd::swd(&self.real, &fake, self.seed)
+        )
     }
 }
 
@@ -336,18 +403,21 @@ pub fn evaluate_run(
 /// Images per Inception forward when extracting FID features.
 const INCEPTION_BATCH: usize = 25;
 
-/// torch-fidelity's KID defaults: subsets and images per subset (fewer where a set is smaller).
+/// torch-fidelity's KID defaults: subsets and images per subset.
 const KID_SUBSETS: usize = 100;
 const KID_SUBSET_SIZE: usize = 1000;
 
-/// Where the Inception weights come from: `--inception`, else `WGAN_TRAIN_INCEPTION`; `None`
-/// (FID and KID are skipped) when neither is given.
-pub fn inception_weights(flag: Option<&Path>) -> Option<std::path::PathBuf> {
-    flag.map(Path::to_path_buf).or_else(|| {
-        std::env::var_os("WGAN_TRAIN_INCEPTION")
-            .filter(|v| !v.is_empty())
-            .map(std::path::PathBuf::from)
-    })
+/// Images per KID subset for sets of `n`: torch-fidelity's 1,000, or half the set where it is
+/// smaller than 2,000 (subsets of the whole set would all be the same, with no spread).
+fn kid_subset_size(n: usize) -> usize {
+    KID_SUBSET_SIZE.min(n / 2).max(2)
+}
+
+/// Where the Inception weights come from: `--inception`, else the run's `output.inception`,
+/// else `WGAN_TRAIN_INCEPTION`; `None` (FID and KID are skipped) when none is given.
+pub fn inception_weights(flag: Option<&Path>, config: &Config) -> Option<std::path::PathBuf> {
+    flag.map(Path::to_path_buf)
+        .or_else(|| config.output.inception_weights())
 }
 
 /// The line printed where FID/KID are skipped for want of weights.
@@ -447,7 +517,7 @@ pub fn fid_scores(
         &device,
     );
     let fake = inception_features(&net, &generated, "G's samples", &device);
-    let size = KID_SUBSET_SIZE.min(n);
+    let size = kid_subset_size(n);
     let fid = frechet_distance(&FeatureStats::from_features(&fake, FEATURES)?, &real_stats)?;
     let kid_fake = kid(&fake, first, FEATURES, KID_SUBSETS, size, seed)?;
     let floor = if halves == 2 {
@@ -529,7 +599,7 @@ pub fn fid_report(scores: &FidScores) -> String {
         scores.n,
         scores.n,
         KID_SUBSETS,
-        KID_SUBSET_SIZE.min(scores.n)
+        kid_subset_size(scores.n)
     );
     if let Some((fid, k)) = &scores.floor {
         out += &format!(

@@ -143,7 +143,7 @@ fn sqrt_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
 }
 
 /// KID: mean and standard deviation of the subsets' MMD^2 estimates.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Kid {
     /// Mean over subsets.
     pub mean: f64,

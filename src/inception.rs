@@ -19,7 +19,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use std::path::Path;
 
 /// Side of the network's input images.
@@ -32,6 +32,9 @@ pub const FEATURES: usize = 2048;
 pub struct BasicConv2d {
     conv: Conv2d,
     bn: BatchNorm,
+    /// Zero padding `[rows, columns]`, the same on both sides.
+    #[module(skip)]
+    padding: [usize; 2],
 }
 
 impl BasicConv2d {
@@ -60,6 +63,7 @@ impl BasicConv2d {
             bn: BatchNormConfig::new(channels[1])
                 .with_epsilon(1e-3)
                 .init(device),
+            padding,
         }
     }
 
@@ -68,8 +72,14 @@ impl BasicConv2d {
         Self::new([c_in, c_out], [1, 1], 1, [0, 0], device)
     }
 
+    /// Through the batch-wide im2col + gemm kernels of `burn-flex-kernels` where they apply
+    /// (square kernels on Flex), Burn's own convolution elsewhere.
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        let [ph, pw] = self.padding;
+        let options =
+            ConvOptions::new_with_padding(self.conv.stride, [(ph, ph), (pw, pw)], [1, 1], 1);
+        let y = burn_flex_kernels::conv::conv2d(x, self.conv.weight.val(), None, options);
+        relu(self.bn.forward(y))
     }
 }
 

@@ -35,6 +35,12 @@ pub struct Record {
     /// Sliced Wasserstein distance to the data (every `output.eval_every` iterations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swd: Option<Swd>,
+    /// FID to the data, with the evaluations' images (where Inception weights are given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid: Option<f64>,
+    /// KID of the same images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<crate::fid::Kid>,
 }
 
 /// Appends [`Record`]s to a JSONL file, flushing each line.

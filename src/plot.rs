@@ -226,6 +226,8 @@ mod tests {
             elapsed_s: step as f64 * 1.5,
             lipschitz: None,
             swd: None,
+            fid: None,
+            kid: None,
         }
     }
 

@@ -83,7 +83,7 @@ pub fn train(
         &device,
     );
     let nan_at: Option<usize> = std::env::var(NAN_HOOK).ok().and_then(|v| v.parse().ok());
-    let mut monitor = Monitor::open(config, run_dir, &data)?;
+    let mut monitor = Monitor::open(config, run_dir, &data, &device)?;
     let bar = progress_bar(t.iterations, state.step);
     let (start_time, elapsed_before) = (Instant::now(), state.elapsed_s);
     let mut window = (Instant::now(), 0usize);
@@ -161,16 +161,37 @@ struct Monitor<'a> {
 
 impl<'a> Monitor<'a> {
     /// Appends to the run's metrics.jsonl (a resumed run's earlier lines feed the plots).
-    fn open(config: &'a Config, run_dir: &'a Path, data: &'a ImageSet) -> Result<Self> {
+    fn open(
+        config: &'a Config,
+        run_dir: &'a Path,
+        data: &'a ImageSet,
+        device: &Device,
+    ) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
         let o = &config.output;
+        let evaluator = if o.eval_every > 0 {
+            let evaluator =
+                Evaluator::new(data, o.eval_images, config.model.z_dim, config.train.seed);
+            Some(if o.evaluates("fid") || o.evaluates("kid") {
+                let Some(weights) = o.inception_weights() else {
+                    bail!(
+                        "output.eval_metrics asks for FID/KID but no Inception weights are given: \
+                         run scripts/get-inception.py and set output.inception (or \
+                         WGAN_TRAIN_INCEPTION) to the file"
+                    );
+                };
+                evaluator.with_fid(&weights, device)?
+            } else {
+                evaluator
+            })
+        } else {
+            None
+        };
         Ok(Self {
             config,
             run_dir,
             data,
-            evaluator: (o.eval_every > 0).then(|| {
-                Evaluator::new(data, o.eval_images, config.model.z_dim, config.train.seed)
-            }),
+            evaluator,
             records: metrics::read(&path).unwrap_or_default(),
             log: MetricsLog::open(&path)?,
             overhead_s: 0.0,
@@ -201,14 +222,24 @@ impl<'a> Monitor<'a> {
             ));
         }
         if let Some(evaluator) = self.evaluator.as_ref().filter(|_| evaluate) {
-            let swd = evaluator.swd(gan.sampler(), device);
+            let evaluation = evaluator.evaluate(gan.sampler(), device)?;
+            let swd = evaluation.swd;
             let levels: Vec<String> = swd.levels.iter().map(|l| format!("{l:.2}")).collect();
+            let fid = evaluation.fid.map_or(String::new(), |(fid, kid)| {
+                format!("; FID {fid:.2}, KID {:.4} +- {:.4}", kid.mean, kid.std)
+            });
             eprintln!(
-                "iteration {step}: SWD x1e3 {:.2} (levels {})",
+                "iteration {step}: SWD x1e3 {:.2} (levels {}){fid}",
                 swd.mean,
                 levels.join(", ")
             );
-            record.swd = Some(swd);
+            if o.evaluates("swd") {
+                record.swd = Some(swd);
+            }
+            if let Some((fid, kid)) = evaluation.fid {
+                record.fid = o.evaluates("fid").then_some(fid);
+                record.kid = o.evaluates("kid").then_some(kid);
+            }
         }
         self.log.append(&record)?;
         self.records.push(record);
@@ -254,6 +285,8 @@ impl IterationLosses {
             elapsed_s,
             lipschitz: None,
             swd: None,
+            fid: None,
+            kid: None,
         }
     }
 }

@@ -212,11 +212,33 @@ fn eval_reports_fid_and_kid_with_a_cached_real_side() {
     use burn::prelude::Device;
     use wgan_train::inception::InceptionV3;
     let (tmp, config) = setup_kind("spectral_norm");
-    succeed(binary().arg("--config").arg(&config));
-    // Random (Burn-initialized) weights, written as the weights files are laid out.
+    // Random weights, written as the weights files are laid out.
     let weights = tmp.path().join("inception.safetensors");
     InceptionV3::new(&Device::flex()).save(&weights).unwrap();
+    // Training with weights given evaluates FID and KID with the SWD.
+    succeed(
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(["--set", &format!("output.inception={weights:?}")])
+            .args([
+                "--set",
+                "output.eval_every=3",
+                "--set",
+                "output.eval_images=16",
+            ]),
+    );
     let run = tmp.path().join("run");
+    let records = metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let evaluated: Vec<_> = records.iter().filter(|r| r.swd.is_some()).collect();
+    assert!(!evaluated.is_empty());
+    for r in &evaluated {
+        let (fid, kid) = (r.fid.unwrap(), r.kid.unwrap());
+        assert!(
+            fid.is_finite() && fid > 0.0 && kid.mean.is_finite(),
+            "{r:?}"
+        );
+    }
     let eval = |extra: &[&str]| {
         succeed_stdout(
             binary()
@@ -267,13 +289,23 @@ fn eval_reports_fid_and_kid_with_a_cached_real_side() {
         .unwrap();
     let read = wgan_train::fid::FeatureStats::read_npz(stats).unwrap();
     assert_eq!(read.dim(), 2048);
-    let second = eval(&["--kid", "--inception", weights_arg]);
+    // Without --inception, the run's own output.inception; the real side from the cache.
+    let second = eval(&["--kid"]);
     assert_eq!(
         first.lines().find(|l| l.starts_with("FID")),
         second.lines().find(|l| l.starts_with("FID")),
         "{second}"
     );
     // Without weights: one line saying how to get them, and the SWD as before.
+    let config_path = run.join("config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let without: String = config
+        .lines()
+        .filter(|l| !l.starts_with("inception"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(config, without, "the run records output.inception");
+    std::fs::write(&config_path, without).unwrap();
     let skipped = eval(&["--fid"]);
     assert!(
         skipped.contains("FID/KID skipped") && skipped.contains("get-inception"),
@@ -319,6 +351,61 @@ fn identical_image_sets_are_at_fid_zero() {
     assert!(
         fid.abs() < 1e-6 * sa.sigma.trace().max(1.0),
         "FID {fid} of a set against itself"
+    );
+}
+
+#[test]
+fn compare_over_seeds_reports_mean_spread_and_a_verdict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 40);
+    let configs: Vec<_> = ["spectral_norm", "weight_clipping"]
+        .iter()
+        .map(|k| kind_config(tmp.path(), &data, k, ""))
+        .collect();
+    let out = tmp.path().join("cmp");
+    succeed(
+        binary()
+            .args(["compare", "--configs"])
+            .args(&configs)
+            .arg("--out")
+            .arg(&out)
+            .args(["--iterations", "2", "--seeds", "2", "--set", "train.seed=7"]),
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let section = report
+        .split("## Over 2 seeds")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no section over seeds: {report}"));
+    for name in ["spectral_norm", "weight_clipping"] {
+        // Each seed's own run, and the table's mean is theirs.
+        let mut finals = Vec::new();
+        for seed in [7, 8] {
+            let dir = out.join(name).join(format!("seed-{seed}"));
+            let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+            assert!(config.contains(&format!("seed = {seed}")), "{config}");
+            let records = metrics::read(&dir.join("metrics.jsonl")).unwrap();
+            finals.push(
+                records
+                    .iter()
+                    .rev()
+                    .find_map(|r| r.swd.as_ref())
+                    .unwrap()
+                    .mean,
+            );
+        }
+        let row = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no row for {name}: {section}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[3], "2", "{row}");
+        let mean = (finals[0] + finals[1]) / 2.0;
+        let std = (finals[0] - finals[1]).abs() / 2.0;
+        assert_eq!(cells[4], format!("{mean:.2} +- {std:.2}"), "{row}");
+    }
+    assert!(
+        section.contains("**Verdict by final SWD**") && section.contains("of 2 seeds"),
+        "{section}"
     );
 }
 

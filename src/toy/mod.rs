@@ -448,6 +448,8 @@ pub fn train(
                 elapsed_s: started.elapsed().as_secs_f64() - overhead,
                 lipschitz: None,
                 swd: None,
+                fid: None,
+                kid: None,
             };
             log.append(&record)?;
             records.push(record);
