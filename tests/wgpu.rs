@@ -194,3 +194,41 @@ fn adapters_lists_what_device_indexes_and_parity_passes_on_the_adapter() {
         .arg("parity"));
     assert_clean_failure(&out, &err, &["no GPU/Vulkan adapter found"]);
 }
+
+#[test]
+fn fid_features_on_wgpu_equal_flex() {
+    if skip() {
+        return;
+    }
+    use burn::prelude::*;
+    use wgan_train::backend::Backend;
+    use wgan_train::inception::InceptionV3;
+    let flex = Device::flex();
+    flex.seed(4);
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("inception.safetensors");
+    InceptionV3::new(&flex).save(&weights).unwrap();
+    let gpu = Backend::Wgpu.device(None).unwrap();
+    let values: Vec<f32> = (0..2 * 32 * 32)
+        .map(|i| ((i * 37) % 256) as f32 / 255.0)
+        .collect();
+    let features = |device: &Device| -> Vec<f32> {
+        let net = InceptionV3::load(&weights, device).unwrap();
+        let x = Tensor::<4>::from_data(TensorData::new(values.clone(), [2, 1, 32, 32]), device);
+        net.features(x)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let (cpu, wgpu) = (features(&flex), features(&gpu));
+    let largest = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = cpu
+        .iter()
+        .zip(&wgpu)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        largest > 0.0 && worst <= 1e-4 * largest,
+        "wgpu features differ by {worst} of {largest}"
+    );
+}
