@@ -572,14 +572,24 @@ impl ConstraintConfig {
 }
 
 impl Config {
-    /// Makes a relative `data.dir` absolute (from the working directory), so that the run's
-    /// config.toml names the data wherever `inspect`, `eval`, `sample` or `--resume` run from.
+    /// Makes a relative `data.dir` (and `output.inception`) absolute (from the working
+    /// directory), so that the run's config.toml names them wherever `inspect`, `eval`,
+    /// `sample` or `--resume` run from.
     pub fn resolve_data_dir(&mut self) -> Result<()> {
         if self.data.dir.is_relative() {
             self.data.dir = std::path::absolute(&self.data.dir).with_context(|| {
                 format!(
                     "cannot resolve data.dir = {} against the working directory",
                     self.data.dir.display()
+                )
+            })?;
+        }
+        // The Inception weights too, so that `eval` finds them from any folder.
+        if let Some(weights) = self.output.inception.as_mut().filter(|w| w.is_relative()) {
+            *weights = std::path::absolute(&*weights).with_context(|| {
+                format!(
+                    "cannot resolve output.inception = {} against the working directory",
+                    weights.display()
                 )
             })?;
         }

@@ -184,16 +184,27 @@ fn a_relative_data_dir_is_recorded_absolute_and_runs_work_from_anywhere() {
     let relative = text.replace(&format!("{images:?}"), "\"images\"");
     assert_ne!(relative, text, "the config names the image folder");
     std::fs::write(&config, relative).unwrap();
+    // Inception weights named relatively too (random ones: only the path matters here).
+    let weights = tmp.path().join("w.safetensors");
+    wgan_train::inception::InceptionV3::new(&burn::prelude::Device::flex())
+        .save(&weights)
+        .unwrap();
     succeed(
         binary()
             .current_dir(tmp.path())
             .arg("--config")
             .arg("tiny.toml")
-            .args(["--out", "run"]),
+            .args([
+                "--out",
+                "run",
+                "--set",
+                "output.inception=\"w.safetensors\"",
+            ]),
     );
     let recorded = std::fs::read_to_string(tmp.path().join("run/config.toml")).unwrap();
     assert!(
-        recorded.contains(&images.display().to_string()),
+        recorded.contains(&images.display().to_string())
+            && recorded.contains(&weights.display().to_string()),
         "{recorded}"
     );
     let elsewhere = tempfile::tempdir().unwrap();
@@ -204,9 +215,12 @@ fn a_relative_data_dir_is_recorded_absolute_and_runs_work_from_anywhere() {
             .arg("--run")
             .arg(tmp.path().join("run"));
         if command == "eval" {
-            cmd.args(["--images", "16"]);
+            cmd.args(["--images", "16", "--fid"]);
         }
-        succeed(&mut cmd);
+        let stdout = succeed_stdout(&mut cmd);
+        if command == "eval" {
+            assert!(stdout.lines().any(|l| l.starts_with("FID")), "{stdout}");
+        }
     }
 }
 
