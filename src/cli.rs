@@ -623,7 +623,16 @@ fn compare_command(args: CompareArgs) -> Result<ExitCode> {
     )?;
     match ended {
         Ended::Finished => {
-            println!("compared {} runs: {}", entries.len(), report.display());
+            let seeds = if args.seeds > 1 {
+                format!(" x {} seeds", args.seeds)
+            } else {
+                String::new()
+            };
+            println!(
+                "compared {} runs{seeds}: {}",
+                entries.len(),
+                report.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Ended::Interrupted => {
