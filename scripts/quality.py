@@ -14,6 +14,8 @@ the peer's `G`, and both sample --samples images in inference mode from the same
   modes  how many of the ten classes hold at least 2% of the samples (by that classifier)
   white  pixels that are white (>= 200 of 255) in every sample: a stuck-pixel artifact; the data
          has none
+  FID    with --fid N: pytorch-fid's FID of the first N samples against the first N test images
+         (scripts/get-inception.py's weights; at N = 5000 and 10,000 it is the number papers use)
 
 Trainers: `ours` (this binary), `peer` (the peer as it is), `peer-init` (the peer started from
 the networks our run of the same config and seed starts from: `examples/init_state.rs` writes
@@ -173,6 +175,36 @@ def score(net, real_feats, samples):
             "classes": [round(float(h), 3) for h in hist], "white": white}
 
 
+class Fid:
+    """FID as pytorch-fid computes it (its InceptionV3, resize and scaling; 8-bit images as it
+    reads PNGs), with scripts/get-inception.py's weights: the first `n` samples against the
+    first `n` test images."""
+
+    def __init__(self, weights, n):
+        from pytorch_fid import inception as I
+        from safetensors.torch import load_file
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        get = __import__("get-inception")
+        net = get.fid_architecture()
+        net.load_state_dict(load_file(weights), strict=False)
+        net.eval()
+        I.fid_inception_v3 = lambda: net
+        self.model = I.InceptionV3([3]).eval()
+        self.n = n
+        self.real = self.features(to_model_input(idx_images("t10k")[:n]))
+
+    def features(self, x):
+        """[n, 1, S, S] in [-1, 1] -> [n, 2048] pool3 features (float64)."""
+        x = torch.round((x.clamp(-1, 1) + 1) * 127.5) / 255.0
+        with torch.no_grad():
+            out = [self.model(x[i:i + 50].repeat(1, 3, 1, 1))[0].flatten(1)
+                   for i in range(0, len(x), 50)]
+        return torch.cat(out).double().numpy()
+
+    def __call__(self, samples):
+        return frechet(self.features(samples[:self.n]), self.real)
+
+
 def data_folder(count):
     folder = os.path.join(CACHE, f"fashion-mnist-{count}")
     if not os.path.isdir(folder) or len(os.listdir(folder)) < count:
@@ -253,6 +285,11 @@ def main():
                    help="wgan-train to run (default: TARGET/release, else TARGET/debug)")
     p.add_argument("--set", action="append", default=[], help="extra --set for ours")
     p.add_argument("--work", default=os.path.join(ROOT, "runs", "quality"))
+    p.add_argument("--fid", type=int, default=0, metavar="N",
+                   help="also FID (pytorch-fid's Inception) of N samples against N test images")
+    p.add_argument("--inception", default=os.path.join(CACHE, "inception",
+                                                       "pt_inception-2015-12-05.safetensors"),
+                   help="FID Inception weights (scripts/get-inception.py)")
     a = p.parse_args()
     sys.path.insert(0, PEER)
     from torch_wgan import G
@@ -265,6 +302,10 @@ def main():
     floor = score(net, real_feats, to_model_input(idx_images("train")[-a.samples:]))
     print(f"real training images (the last {a.samples}) against the test images: "
           f"FD {floor['fd']:.1f}, modes {floor['modes']}, white {floor['white']}", flush=True)
+    fid = Fid(a.inception, a.fid) if a.fid else None
+    if fid:
+        print(f"real training images (the last {a.fid}) against the test images: FID "
+              f"{fid(to_model_input(idx_images('train')[-a.fid:])):.2f}", flush=True)
     rows = []
     out_json = os.path.join(a.work, "quality.json")
     for c in a.constraints:
@@ -318,11 +359,15 @@ def main():
                         env["PEER_INIT"] = init
                     secs = run(cmd, run_dir + ".log", env)
                     g.load_state_dict(torch.load(pt))
+                samples = sample_peer_g(g, a.samples, seed)
                 row = {"trainer": trainer, "constraint": c, "iters": a.iters, "seed": seed,
-                       "seconds": round(secs, 1), **score(net, real_feats, sample_peer_g(g, a.samples, seed))}
+                       "seconds": round(secs, 1), **score(net, real_feats, samples)}
+                if fid:
+                    row["fid"] = fid(samples)
                 rows.append(row)
-                print(f"{name:24s} FD {row['fd']:7.1f}  modes {row['modes']:2d}  white {row['white']:3d}  "
-                      f"{secs:6.0f} s", flush=True)
+                fid_text = f"  FID {row['fid']:7.2f}" if fid else ""
+                print(f"{name:24s} FD {row['fd']:7.1f}  modes {row['modes']:2d}  white {row['white']:3d}"
+                      f"{fid_text}  {secs:6.0f} s", flush=True)
                 with open(out_json, "w") as f:
                     json.dump(rows, f, indent=1)
     print(f"\n{a.iters} iterations, {len(a.seeds)} seeds, FD mean (min-max) over seeds; "
