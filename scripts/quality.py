@@ -26,7 +26,8 @@ generator: which network's draw decides; `peer-init-g-perm` is `peer-init-g` wit
 each of our generator's tensors randomly permuted (the same values, another arrangement).
 `peer-bias` is the peer's own init with only its generator's output bias (one value per image
 channel) replaced by ours, `peer-init-g-bias` our generator with the peer's output bias and the
-peer's own critic: whether that one value decides.
+peer's own critic: whether that one value decides; `peer-perm` the peer's own generator permuted
+within each tensor (the control of `peer-init-g-perm`).
 
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
 <work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh), Debian's
@@ -276,7 +277,7 @@ def main():
     p.add_argument("--constraints", nargs="+", default=["sn"], choices=list(SETTINGS))
     p.add_argument("--trainers", nargs="+", default=["ours", "peer"],
                    choices=["ours", "peer", "peer-init", "peer-init-g", "peer-init-d",
-                            "peer-init-g-perm", "peer-bias", "peer-init-g-bias"])
+                            "peer-init-g-perm", "peer-bias", "peer-init-g-bias", "peer-perm"])
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--images", type=int, default=10000, help="training images (first N)")
     p.add_argument("--data", default=None, help="image folder instead of Fashion-MNIST")
@@ -338,9 +339,9 @@ def main():
                            "--seed", str(seed), "--threads", str(a.threads)]
                     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
                     env.pop("PEER_INIT", None)
-                    if trainer.startswith("peer-init") or trainer == "peer-bias":
+                    if trainer.startswith("peer-init") or trainer in ("peer-bias", "peer-perm"):
                         init = init_state(a.binary, config, seed, run_dir + ".init.safetensors")
-                        if trainer not in ("peer-init", "peer-bias"):  # only our G ("g.") or D ("d.")
+                        if trainer not in ("peer-init", "peer-bias", "peer-perm"):  # our G or D only
                             from safetensors.torch import load_file, save_file
                             keep = "d." if trainer == "peer-init-d" else "g."
                             state = {k: v for k, v in load_file(init).items() if k.startswith(keep)}
@@ -355,6 +356,12 @@ def main():
                             from safetensors.torch import load_file, save_file
                             state = peer_g_state(G, seed)
                             swap_output_bias(state, load_file(init))
+                            save_file(state, init)
+                        elif trainer == "peer-perm":  # the control of peer-init-g-perm
+                            from safetensors.torch import save_file
+                            gen = torch.Generator().manual_seed(seed)
+                            state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
+                                     .reshape(v.shape) for k, v in peer_g_state(G, seed).items()}
                             save_file(state, init)
                         env["PEER_INIT"] = init
                     secs = run(cmd, run_dir + ".log", env)
