@@ -136,21 +136,14 @@ impl Evaluator {
         let fake = self.generated(generator, device);
         let fid = match &self.fid {
             Some(side) => {
-                use crate::inception::FEATURES;
                 let device = device.clone().without_autodiff();
                 let features = inception_features(&side.net, &fake, "G's samples", &device);
-                let stats = crate::fid::FeatureStats::from_features(&features, FEATURES)?;
-                let fid = crate::fid::frechet_distance(&stats, &side.real_stats)?;
-                let size = kid_subset_size(fake.n);
-                let kid = crate::fid::kid(
+                Some(fid_and_kid(
                     &features,
                     &side.real_features,
-                    FEATURES,
-                    KID_SUBSETS,
-                    size,
+                    &side.real_stats,
                     self.seed,
-                )?;
-                Some((fid, kid))
+                )?)
             }
             None => None,
         };
@@ -486,7 +479,7 @@ pub fn fid_scores(
     weights: &Path,
     device: &Device,
 ) -> Result<FidScores> {
-    use crate::fid::{FeatureStats, frechet_distance, kid};
+    use crate::fid::FeatureStats;
     use crate::inception::{FEATURES, InceptionV3};
     let device = device.clone().without_autodiff();
     let net = InceptionV3::load(weights, &device)?;
@@ -517,13 +510,10 @@ pub fn fid_scores(
         &device,
     );
     let fake = inception_features(&net, &generated, "G's samples", &device);
-    let size = kid_subset_size(n);
-    let fid = frechet_distance(&FeatureStats::from_features(&fake, FEATURES)?, &real_stats)?;
-    let kid_fake = kid(&fake, first, FEATURES, KID_SUBSETS, size, seed)?;
+    let (fid, kid_fake) = fid_and_kid(&fake, first, &real_stats, seed)?;
     let floor = if halves == 2 {
         let second = &real[n * FEATURES..];
-        let fid = frechet_distance(&FeatureStats::from_features(second, FEATURES)?, &real_stats)?;
-        Some((fid, kid(second, first, FEATURES, KID_SUBSETS, size, seed)?))
+        Some(fid_and_kid(second, first, &real_stats, seed)?)
     } else {
         None
     };
@@ -534,6 +524,32 @@ pub fn fid_scores(
         floor,
         stats_file,
     })
+}
+
+/// FID and KID of `features` (`[n, 2048]`) against the real side's features and their
+/// statistics; KID subsets drawn with `seed`.
+fn fid_and_kid(
+    features: &[f32],
+    real: &[f32],
+    real_stats: &crate::fid::FeatureStats,
+    seed: u64,
+) -> Result<(f64, crate::fid::Kid)> {
+    use crate::fid::{FeatureStats, frechet_distance, kid};
+    use crate::inception::FEATURES;
+    let n = features.len() / FEATURES;
+    let fid = frechet_distance(
+        &FeatureStats::from_features(features, FEATURES)?,
+        real_stats,
+    )?;
+    let kid = kid(
+        features,
+        real,
+        FEATURES,
+        KID_SUBSETS,
+        kid_subset_size(n),
+        seed,
+    )?;
+    Ok((fid, kid))
 }
 
 /// `RUN/fid/real-<key>.f32`: the key hashes the data folder's image files (paths, sizes,
@@ -568,12 +584,7 @@ fn fid_cache_path(
 /// Cached features: `n * 2048` little-endian f32, or `None` when absent or of another size.
 fn read_features(path: &Path, n: usize) -> Option<Vec<f32>> {
     let bytes = std::fs::read(path).ok()?;
-    (bytes.len() == n * crate::inception::FEATURES * 4).then(|| {
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    })
+    (bytes.len() == n * crate::inception::FEATURES * 4).then(|| crate::pytorch::le_f32s(&bytes))
 }
 
 fn write_features(path: &Path, features: &[f32]) -> Result<()> {

@@ -59,7 +59,7 @@ impl Entry {
 }
 
 /// Little-endian f32 values from `bytes` (safetensors' F32 layout).
-fn le_f32s(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn le_f32s(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))

@@ -23,18 +23,10 @@ from safetensors.torch import save_file
 from pytorch_fid import inception as I
 
 out = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
 torch.manual_seed(0)
-# fid_inception_v3() without its download: torchvision's Inception3 with pytorch-fid's blocks.
-net = I._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
-net.Mixed_5b = I.FIDInceptionA(192, pool_features=32)
-net.Mixed_5c = I.FIDInceptionA(256, pool_features=64)
-net.Mixed_5d = I.FIDInceptionA(288, pool_features=64)
-net.Mixed_6b = I.FIDInceptionC(768, channels_7x7=128)
-net.Mixed_6c = I.FIDInceptionC(768, channels_7x7=160)
-net.Mixed_6d = I.FIDInceptionC(768, channels_7x7=160)
-net.Mixed_6e = I.FIDInceptionC(768, channels_7x7=192)
-net.Mixed_7b = I.FIDInceptionE_1(1280)
-net.Mixed_7c = I.FIDInceptionE_2(2048)
+# fid_inception_v3() without its download (scripts/get-inception.py builds it the same way).
+net = __import__("get-inception").fid_architecture()
 with torch.no_grad():
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d):
@@ -94,6 +86,7 @@ fn features_equal_pytorch_fid_and_loading_is_strict() {
     let made = Command::new(&python)
         .args(["-c", MAKE])
         .arg(dir.path())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"))
         .output()
         .unwrap();
     if !made.status.success() {
