@@ -6,7 +6,9 @@ generator's state dict, which the peer itself does not keep.
 
 With PEER_INIT=FILE.safetensors (keys "g.*" and "d.*", as `pytorch::generator_state` and
 `critic_state` name them), the networks it holds start from those weights instead of the peer's own init;
-the peer's RNG stream (batches, noise) is the same as without it.
+the peer's RNG stream (batches, noise) is the same as without it. With PEER_RESTREAM=K, torch's
+generator is reseeded with K once both networks are built: the same initial networks, other batches
+and noise (whether an outcome belongs to the initial draw or to its pairing with the stream).
 """
 import os
 import sys
@@ -19,6 +21,7 @@ import torch_wgan  # noqa: E402
 out = sys.argv.pop(1)
 made = []
 init = os.environ.get("PEER_INIT")
+restream = os.environ.get("PEER_RESTREAM")
 
 
 def load_init(module, prefix):
@@ -47,6 +50,8 @@ class D(torch_wgan.D):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         load_init(self, "d.")
+        if restream is not None:  # D is built after G: the stream from here on is K's
+            torch.manual_seed(int(restream))
 
 
 torch_wgan.G = G

@@ -27,7 +27,9 @@ each of our generator's tensors randomly permuted (the same values, another arra
 `peer-bias` is the peer's own init with only its generator's output bias (one value per image
 channel) replaced by ours, `peer-init-g-bias` our generator with the peer's output bias and the
 peer's own critic: whether that one value decides; `peer-perm` the peer's own generator permuted
-within each tensor (the control of `peer-init-g-perm`).
+within each tensor (the control of `peer-init-g-perm`); `peer-restream` the peer's own networks
+with its batches and noise drawn from another seed (10,000 + seed) after they are built: whether
+the peer's outcome belongs to its initial draw alone or to that draw's pairing with its stream.
 
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
 <work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh), Debian's
@@ -277,7 +279,8 @@ def main():
     p.add_argument("--constraints", nargs="+", default=["sn"], choices=list(SETTINGS))
     p.add_argument("--trainers", nargs="+", default=["ours", "peer"],
                    choices=["ours", "peer", "peer-init", "peer-init-g", "peer-init-d",
-                            "peer-init-g-perm", "peer-bias", "peer-init-g-bias", "peer-perm"])
+                            "peer-init-g-perm", "peer-bias", "peer-init-g-bias", "peer-perm",
+                            "peer-restream"])
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--images", type=int, default=10000, help="training images (first N)")
     p.add_argument("--data", default=None, help="image folder instead of Fashion-MNIST")
@@ -318,7 +321,8 @@ def main():
                 g = G(32, 1)
                 if trainer == "ours":
                     cmd = [a.binary, "--config", os.path.join(ROOT, config), "--out", run_dir, "--force"]
-                    for s in sets + [f"data.dir={json.dumps(data)}", f"train.iterations={a.iters}",
+                    for s in sets + [f"data.dir={json.dumps(data)}", "data.sampling=\"replacement\"",
+                                     f"train.iterations={a.iters}",
                                      f"train.seed={seed}", "output.diagnostics=false",
                                      "output.eval_every=0", "output.plots=false",
                                      f"output.sample_every={a.iters}",
@@ -339,9 +343,19 @@ def main():
                            "--seed", str(seed), "--threads", str(a.threads)]
                     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
                     env.pop("PEER_INIT", None)
-                    if trainer.startswith("peer-init") or trainer in ("peer-bias", "peer-perm"):
+                    env.pop("PEER_RESTREAM", None)
+                    if trainer == "peer-restream":
+                        env["PEER_RESTREAM"] = str(10000 + seed)
+                    elif trainer == "peer-perm":  # the control of peer-init-g-perm
+                        from safetensors.torch import save_file
+                        gen = torch.Generator().manual_seed(seed)
+                        state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
+                                 .reshape(v.shape) for k, v in peer_g_state(G, seed).items()}
+                        save_file(state, run_dir + ".init.safetensors")
+                        env["PEER_INIT"] = run_dir + ".init.safetensors"
+                    elif trainer.startswith("peer-init") or trainer == "peer-bias":
                         init = init_state(a.binary, config, seed, run_dir + ".init.safetensors")
-                        if trainer not in ("peer-init", "peer-bias", "peer-perm"):  # our G or D only
+                        if trainer not in ("peer-init", "peer-bias"):  # our G or D only
                             from safetensors.torch import load_file, save_file
                             keep = "d." if trainer == "peer-init-d" else "g."
                             state = {k: v for k, v in load_file(init).items() if k.startswith(keep)}
@@ -356,12 +370,6 @@ def main():
                             from safetensors.torch import load_file, save_file
                             state = peer_g_state(G, seed)
                             swap_output_bias(state, load_file(init))
-                            save_file(state, init)
-                        elif trainer == "peer-perm":  # the control of peer-init-g-perm
-                            from safetensors.torch import save_file
-                            gen = torch.Generator().manual_seed(seed)
-                            state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
-                                     .reshape(v.shape) for k, v in peer_g_state(G, seed).items()}
                             save_file(state, init)
                         env["PEER_INIT"] = init
                     secs = run(cmd, run_dir + ".log", env)

@@ -21,7 +21,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Version of the cache layout, part of every cache file's name and header.
-pub const FORMAT: &str = "wgan-train-images-1";
+// 2: colour images read as grayscale with PIL's ITU-R 601 weights (was Rec. 709).
+pub const FORMAT: &str = "wgan-train-images-2";
 
 /// The cache folder: `$WGAN_TRAIN_CACHE_DIR`, else `$XDG_CACHE_HOME/wgan-train/images`, else
 /// `~/.cache/wgan-train/images`.

@@ -51,6 +51,8 @@ pub struct DataConfig {
     /// Keep the decoded images in the decoded-image cache ([`crate::cache`]) and map them from
     /// there on the next run over the same files and preparation.
     pub cache: bool,
+    /// How real batches are drawn: `"epochs"` (default) or `"replacement"`.
+    pub sampling: crate::data::Sampling,
 }
 
 impl Default for DataConfig {
@@ -61,6 +63,7 @@ impl Default for DataConfig {
             channels: 1,
             crop: 0,
             cache: true,
+            sampling: crate::data::Sampling::Epochs,
         }
     }
 }

@@ -5,11 +5,11 @@
 use crate::cache;
 use anyhow::{Result, bail};
 use burn::prelude::*;
-use image::DynamicImage;
 use image::imageops::FilterType;
+use image::{DynamicImage, GrayImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -309,8 +309,14 @@ fn decode(path: &Path, prep: Preprocess) -> Result<Vec<u8>, String> {
     Ok(prepare(&image, prep))
 }
 
-/// Centre crop, resize (bilinear, like the PyTorch peer), convert channels, channel-first.
+/// Channels, centre crop, resize, channel-first: in the order and with the filters of the
+/// PyTorch reference's loader (PIL's `convert`, `crop`, `resize(BILINEAR)`; `tests/data_torch.rs`
+/// compares the two).
 pub fn prepare(image: &DynamicImage, prep: Preprocess) -> Vec<u8> {
+    let image = match prep.channels {
+        1 => DynamicImage::ImageLuma8(luma(image)),
+        _ => DynamicImage::ImageRgb8(image.to_rgb8()),
+    };
     let (w, h) = (image.width(), image.height());
     let largest = w.min(h);
     let side = match prep.crop {
@@ -325,9 +331,9 @@ pub fn prepare(image: &DynamicImage, prep: Preprocess) -> Vec<u8> {
         cropped.resize_exact(size, size, FilterType::Triangle)
     };
     match prep.channels {
-        1 => resized.to_luma8().into_raw(),
+        1 => resized.into_luma8().into_raw(),
         _ => {
-            let hwc = resized.to_rgb8().into_raw();
+            let hwc = resized.into_rgb8().into_raw();
             let plane = prep.size * prep.size;
             let mut chw = vec![0u8; hwc.len()];
             for (i, px) in hwc.chunks_exact(3).enumerate() {
@@ -340,33 +346,92 @@ pub fn prepare(image: &DynamicImage, prep: Preprocess) -> Vec<u8> {
     }
 }
 
-/// Shuffled batch order: a fresh seeded permutation every epoch; a tail shorter than a batch
-/// is dropped. Serializable, so that a resumed run continues the same order.
+/// Grayscale as PIL's `convert("L")` computes it (and so torchvision's loaders): ITU-R 601-2
+/// luma, `(19595 R + 38470 G + 7471 B + 2^15) >> 16`. The image crate's `to_luma8` weighs by
+/// Rec. 709 instead, up to 17 levels away on colour photos.
+fn luma(image: &DynamicImage) -> GrayImage {
+    if !image.color().has_color() {
+        return image.to_luma8();
+    }
+    let rgb = image.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    let pixels = rgb
+        .into_raw()
+        .chunks_exact(3)
+        .map(|p| {
+            let l = 19595 * p[0] as u32 + 38470 * p[1] as u32 + 7471 * p[2] as u32 + 0x8000;
+            (l >> 16) as u8
+        })
+        .collect();
+    GrayImage::from_raw(w, h, pixels).expect("w * h pixels")
+}
+
+/// How the real batches are drawn from the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// Shuffled passes: every image once per epoch, a new permutation each epoch (a tail
+    /// shorter than a batch is dropped).
+    #[default]
+    Epochs,
+    /// Each batch's indices drawn independently and uniformly, with replacement, as the
+    /// PyTorch reference's `data[torch.randint(0, n, (batch,))]` does.
+    Replacement,
+}
+
+/// The order of the real batches ([`Sampling`]): shuffled epochs (a fresh seeded permutation
+/// every epoch; a tail shorter than a batch is dropped) or independent draws with replacement.
+/// Serializable, so that a resumed run continues the same order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchSampler {
     order: Vec<usize>,
     position: usize,
     epoch: usize,
     rng: ChaCha8Rng,
+    /// Draws with replacement (`order` then stays `0..len`); absent in checkpoints written
+    /// before the option existed, which sampled epochs.
+    #[serde(default)]
+    replacement: bool,
+    /// The last batch drawn with replacement.
+    #[serde(skip)]
+    drawn: Vec<usize>,
 }
 
 impl BatchSampler {
     /// A sampler over `len` images, seeded.
-    pub fn new(len: usize, seed: u64) -> Self {
-        let mut sampler = Self {
-            order: (0..len).collect(),
+    pub fn new(len: usize, seed: u64, sampling: Sampling) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let replacement = sampling == Sampling::Replacement;
+        let mut order: Vec<usize> = (0..len).collect();
+        if !replacement {
+            order.shuffle(&mut rng);
+        }
+        Self {
+            order,
             position: 0,
             epoch: 0,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        };
-        sampler.order.shuffle(&mut sampler.rng);
-        sampler
+            rng,
+            replacement,
+            drawn: Vec::new(),
+        }
     }
 
     /// The indices of the next batch of `batch_size` (`batch_size <= len`).
     pub fn next_batch(&mut self, batch_size: usize) -> &[usize] {
-        assert!(batch_size <= self.order.len(), "batch larger than the data");
-        if self.position + batch_size > self.order.len() {
+        let len = self.order.len();
+        assert!(batch_size <= len, "batch larger than the data");
+        if self.replacement {
+            let rng = &mut self.rng;
+            self.drawn.clear();
+            self.drawn
+                .extend((0..batch_size).map(|_| rng.random_range(0..len)));
+            // An epoch is `len` images drawn.
+            self.position += batch_size;
+            self.epoch += self.position / len;
+            self.position %= len;
+            return &self.drawn;
+        }
+        if self.position + batch_size > len {
             self.order.shuffle(&mut self.rng);
             self.position = 0;
             self.epoch += 1;
@@ -406,6 +471,22 @@ mod tests {
     }
 
     #[test]
+    fn colour_reads_as_gray_with_pils_weights() {
+        // PIL: Image.new("RGB", (1, 1), c).convert("L").getpixel((0, 0)) for red, green, blue,
+        // white and (200, 100, 50) gives 76, 150, 29, 255, 124.
+        let colours = [
+            [255, 0, 0],
+            [0, 255, 0],
+            [0, 0, 255],
+            [255, 255, 255],
+            [200, 100, 50],
+        ];
+        let img = RgbImage::from_fn(5, 1, |x, _| Rgb(colours[x as usize]));
+        let gray = luma(&DynamicImage::ImageRgb8(img));
+        assert_eq!(gray.into_raw(), vec![76, 150, 29, 255, 124]);
+    }
+
+    #[test]
     fn rgb_is_stored_channel_first() {
         let img = RgbImage::from_pixel(4, 4, Rgb([10, 20, 30]));
         let out = prepare(&DynamicImage::ImageRgb8(img), prep(4, 3, 0));
@@ -424,7 +505,7 @@ mod tests {
 
     #[test]
     fn sampler_visits_every_image_once_per_epoch_and_reshuffles() {
-        let mut s = BatchSampler::new(10, 7);
+        let mut s = BatchSampler::new(10, 7, Sampling::Epochs);
         let mut first: Vec<usize> = (0..5).flat_map(|_| s.next_batch(2).to_vec()).collect();
         let epoch0 = first.clone();
         first.sort();
@@ -433,8 +514,61 @@ mod tests {
         assert_eq!(s.epoch(), 1);
         assert_ne!(epoch0, epoch1);
         // Same seed, same order.
-        let mut t = BatchSampler::new(10, 7);
+        let mut t = BatchSampler::new(10, 7, Sampling::Epochs);
         assert_eq!(t.next_batch(2), &epoch0[0..2]);
+    }
+
+    #[test]
+    fn sampling_with_replacement_draws_uniform_independent_indices_and_resumes() {
+        let (len, batch, batches) = (10, 8, 5000);
+        let mut s = BatchSampler::new(len, 3, Sampling::Replacement);
+        let mut counts = vec![0usize; len];
+        let mut batches_with_a_repeat = 0;
+        for _ in 0..batches {
+            let b = s.next_batch(batch);
+            assert_eq!(b.len(), batch);
+            let mut seen = [false; 10];
+            let mut repeat = false;
+            for &i in b {
+                counts[i] += 1;
+                repeat |= std::mem::replace(&mut seen[i], true);
+            }
+            batches_with_a_repeat += repeat as usize;
+        }
+        // Uniform: each index n p = 4000 times, binomial sd sqrt(n p (1 - p)) = 60; 5 sd.
+        let expected = (batches * batch / len) as f64;
+        for (i, &c) in counts.iter().enumerate() {
+            assert!(
+                (c as f64 - expected).abs() < 300.0,
+                "index {i} drawn {c} times"
+            );
+        }
+        // Independent within a batch: P(no repeat in 8 draws of 10) = 10!/(2! 10^8) = 0.018.
+        let p_repeat = 1.0 - 1814400.0 / 1e8;
+        let share = batches_with_a_repeat as f64 / batches as f64;
+        assert!(
+            (share - p_repeat).abs() < 0.01,
+            "{share} of batches repeat an index"
+        );
+        assert_eq!(s.epoch(), batches * batch / len);
+        // A serialized sampler (a checkpoint) continues the same draws.
+        let saved: BatchSampler =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        let mut resumed = saved;
+        let next: Vec<Vec<usize>> = (0..3).map(|_| s.next_batch(batch).to_vec()).collect();
+        let again: Vec<Vec<usize>> = (0..3).map(|_| resumed.next_batch(batch).to_vec()).collect();
+        assert_eq!(next, again);
+    }
+
+    #[test]
+    fn a_sampler_saved_before_the_sampling_option_samples_epochs() {
+        let mut s = BatchSampler::new(6, 1, Sampling::Epochs);
+        let mut old: serde_json::Value = serde_json::to_value(&s).unwrap();
+        old.as_object_mut().unwrap().remove("replacement");
+        let mut old: BatchSampler = serde_json::from_value(old).unwrap();
+        for _ in 0..7 {
+            assert_eq!(old.next_batch(4), s.next_batch(4));
+        }
     }
 
     #[test]

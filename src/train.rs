@@ -340,7 +340,7 @@ fn fresh_run(
     let state = TrainState {
         format_version: checkpoint::FORMAT_VERSION,
         step: 0,
-        sampler: BatchSampler::new(data.len(), t.seed),
+        sampler: BatchSampler::new(data.len(), t.seed, config.data.sampling),
         rng,
         fixed_noise: fixed,
         elapsed_s: 0.0,
