@@ -7,7 +7,6 @@ mod common;
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use std::path::Path;
-use std::process::Command;
 use wgan_train::data::{ImageSet, Preprocess, image_files};
 
 /// Prints, as JSON, the peer's `load_folder(dir, size, channels)` mapped back to 0..255.
@@ -30,20 +29,14 @@ fn both(python: &str, dir: &Path, size: usize, channels: usize) -> (Vec<u8>, Vec
     assert!(skipped.warning(dir).is_none());
     let ours: Vec<u8> = (0..set.len()).flat_map(|i| set.image(i).to_vec()).collect();
     let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peer");
-    let out = Command::new(python)
-        .args(["-c", LOAD])
-        .arg(&peer)
-        .arg(dir)
-        .arg(size.to_string())
-        .arg(channels.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+    let args = [
+        peer.into_os_string(),
+        dir.into(),
+        size.to_string().into(),
+        channels.to_string().into(),
+    ];
+    let theirs: Vec<f64> =
+        serde_json::from_str(&common::python_stdout(python, LOAD, &args)).unwrap();
     assert_eq!(ours.len(), theirs.len(), "image count or size differs");
     (ours, theirs)
 }

@@ -5,7 +5,6 @@ mod common;
 
 use burn::prelude::*;
 use std::path::Path;
-use std::process::Command;
 use wgan_train::model::Generator;
 use wgan_train::pytorch::export_generator;
 
@@ -76,19 +75,7 @@ fn exported_generator_loads_in_pytorch_and_gives_the_same_images() {
     });
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let result = Command::new(&python)
-        .args(["-c", CHECK])
-        .arg(&peer)
-        .arg(&st)
-        .arg(&spec_path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    let stdout = common::python_stdout(&python, CHECK, &[peer.as_path(), &st, &spec_path]);
     let diff: f64 = stdout.trim().lines().last().unwrap().parse().unwrap();
     println!("max abs difference PyTorch vs Burn: {diff}");
     assert!(diff < 1e-4, "PyTorch output differs by {diff}");

@@ -99,18 +99,8 @@ fn fid_and_kid_equal_pytorch_fid_and_torch_fidelity() {
     });
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let out = Command::new(&python)
-        .args(["-c", CHECK])
-        .arg(&spec_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let stdout = common::python_stdout(&python, CHECK, &[&spec_path]);
+    let theirs: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let fid = frechet_distance(&sa, &sb).unwrap();
     let kid = kid_on_subsets(&a, &b, d, &subsets).unwrap();
     println!(

@@ -106,6 +106,22 @@ pub fn setup(images: usize) -> (tempfile::TempDir, PathBuf) {
     (tmp, config)
 }
 
+/// Runs `python -c script args...` and returns its stdout; fails the test with Python's stderr
+/// when the script fails.
+pub fn python_stdout<S: AsRef<std::ffi::OsStr>>(python: &str, script: &str, args: &[S]) -> String {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// The Python interpreter for the comparisons with PyTorch: `WGAN_TRAIN_PYTHON`, else the venv
 /// that `.ci/run` sets up (`~/.cache/wgan-train/venv`), else `python3`; `None` (with a line
 /// saying why) when it lacks torch, numpy, pillow or safetensors or the peer is missing. Under
