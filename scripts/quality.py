@@ -29,7 +29,10 @@ channel) replaced by ours, `peer-init-g-bias` our generator with the peer's outp
 peer's own critic: whether that one value decides; `peer-perm` the peer's own generator permuted
 within each tensor (the control of `peer-init-g-perm`); `peer-restream` the peer's own networks
 with its batches and noise drawn from another seed (10,000 + seed) after they are built: whether
-the peer's outcome belongs to its initial draw alone or to that draw's pairing with its stream.
+the peer's outcome belongs to its initial draw alone or to that draw's pairing with its stream;
+`peer-self` the peer's own generator loaded through `PEER_INIT` unchanged (the control of the
+loading path: it should end as `peer` does); `peer-other` the peer's own generator of seed
+1,000 + seed (unpermuted) with the critic, batches and noise of seed.
 
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
 <work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh), Debian's
@@ -280,7 +283,7 @@ def main():
     p.add_argument("--trainers", nargs="+", default=["ours", "peer"],
                    choices=["ours", "peer", "peer-init", "peer-init-g", "peer-init-d",
                             "peer-init-g-perm", "peer-bias", "peer-init-g-bias", "peer-perm",
-                            "peer-restream"])
+                            "peer-restream", "peer-self", "peer-other"])
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--images", type=int, default=10000, help="training images (first N)")
     p.add_argument("--data", default=None, help="image folder instead of Fashion-MNIST")
@@ -346,11 +349,13 @@ def main():
                     env.pop("PEER_RESTREAM", None)
                     if trainer == "peer-restream":
                         env["PEER_RESTREAM"] = str(10000 + seed)
-                    elif trainer == "peer-perm":  # the control of peer-init-g-perm
+                    elif trainer in ("peer-perm", "peer-self", "peer-other"):
                         from safetensors.torch import save_file
                         gen = torch.Generator().manual_seed(seed)
-                        state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
-                                 .reshape(v.shape) for k, v in peer_g_state(G, seed).items()}
+                        state = peer_g_state(G, seed + 1000 if trainer == "peer-other" else seed)
+                        if trainer == "peer-perm":
+                            state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
+                                     .reshape(v.shape) for k, v in state.items()}
                         save_file(state, run_dir + ".init.safetensors")
                         env["PEER_INIT"] = run_dir + ".init.safetensors"
                     elif trainer.startswith("peer-init") or trainer == "peer-bias":
