@@ -32,7 +32,9 @@ with its batches and noise drawn from another seed (10,000 + seed) after they ar
 the peer's outcome belongs to its initial draw alone or to that draw's pairing with its stream;
 `peer-self` the peer's own generator loaded through `PEER_INIT` unchanged (the control of the
 loading path: it should end as `peer` does); `peer-other` the peer's own generator of seed
-1,000 + seed (unpermuted) with the critic, batches and noise of seed.
+20,000 + seed (unpermuted) with the critic, batches and noise of seed (not 1,000 + seed: that
+seed draws the scoring noise, and a generator whose first layer is drawn from the same numbers
+as the noise it is scored on is not an independent draw).
 
 Prints one line per run and a summary (mean and spread over seeds), and writes the rows to
 <work>/quality.json. Needs torch, numpy, pillow (scripts/setup-python.sh), Debian's
@@ -352,7 +354,7 @@ def main():
                     elif trainer in ("peer-perm", "peer-self", "peer-other"):
                         from safetensors.torch import save_file
                         gen = torch.Generator().manual_seed(seed)
-                        state = peer_g_state(G, seed + 1000 if trainer == "peer-other" else seed)
+                        state = peer_g_state(G, seed + 20000 if trainer == "peer-other" else seed)
                         if trainer == "peer-perm":
                             state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
                                      .reshape(v.shape) for k, v in state.items()}
