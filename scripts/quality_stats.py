@@ -6,8 +6,11 @@ and prints, per constraint and iteration count, each trainer's FD over seeds (n,
 standard deviation, min-max, runs that cover fewer than --collapsed classes), then for each pair
 of trainers: the Mann-Whitney U test of their FDs (two-sided, seeds as independent draws) and,
 over the seeds both ran, the Wilcoxon signed-rank test of the paired differences (two-sided) with
-how many seeds each won. A row seen twice (same trainer, constraint, iterations and seed) keeps
-the later file's.
+how many seeds each won, where a seed means the same thing to both: trainers that share the
+reference's stream (every `peer*`: its critic, batches and noise of that seed), or ours against a
+`peer-init*` trainer (our initial weights of that seed). Ours and the reference of one seed share
+nothing (their random generators differ), so they are compared as independent draws only. A row
+seen twice (same trainer, constraint, iterations and seed) keeps the later file's.
 
   python3 scripts/quality_stats.py runs/q-a/quality.json runs/q-b/quality.json
 """
@@ -26,6 +29,12 @@ def load(paths):
             for r in json.load(f):
                 rows[(r["trainer"], r["constraint"], r["iters"], r["seed"])] = r
     return list(rows.values())
+
+
+def paired(t1, t2):
+    """Whether seed s means the same thing to trainers t1 and t2 (see the module doc)."""
+    pair = sorted([t1, t2])
+    return all(t.startswith("peer") for t in pair) or (pair[0] == "ours" and pair[1].startswith("peer-init"))
 
 
 def summary(fd, modes, collapsed):
@@ -57,12 +66,14 @@ def main():
             if len(x) > 1 and len(y) > 1:
                 line += f" Mann-Whitney p = {stats.mannwhitneyu(x, y).pvalue:.3f}"
             seeds = sorted(set(by[t1]) & set(by[t2]))
-            if len(seeds) > 1:
+            if len(seeds) > 1 and paired(t1, t2):
                 d = [by[t1][s]["fd"] - by[t2][s]["fd"] for s in seeds]
                 wins = sum(v < 0 for v in d)
                 line += (f"; paired over {len(seeds)} seeds: {t1} lower on {wins}, "
                          f"mean difference {np.mean(d):+.1f}, "
                          f"Wilcoxon p = {stats.wilcoxon(d).pvalue:.3f}")
+            if line.endswith(":"):
+                continue
             print(line)
 
 
