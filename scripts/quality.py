@@ -353,9 +353,9 @@ def main():
                         env["PEER_RESTREAM"] = str(10000 + seed)
                     elif trainer in ("peer-perm", "peer-self", "peer-other"):
                         from safetensors.torch import save_file
-                        gen = torch.Generator().manual_seed(seed)
                         state = peer_g_state(G, seed + 20000 if trainer == "peer-other" else seed)
                         if trainer == "peer-perm":
+                            gen = torch.Generator().manual_seed(seed)
                             state = {k: v.flatten()[torch.randperm(v.numel(), generator=gen)]
                                      .reshape(v.shape) for k, v in state.items()}
                         save_file(state, run_dir + ".init.safetensors")

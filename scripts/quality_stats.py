@@ -62,19 +62,18 @@ def main():
         for t1, t2 in itertools.combinations(trainers, 2):
             x = [r["fd"] for r in by[t1].values()]
             y = [r["fd"] for r in by[t2].values()]
-            line = f"  {t1} vs {t2}:"
+            tests = []
             if len(x) > 1 and len(y) > 1:
-                line += f" Mann-Whitney p = {stats.mannwhitneyu(x, y).pvalue:.3f}"
+                tests.append(f"Mann-Whitney p = {stats.mannwhitneyu(x, y).pvalue:.3f}")
             seeds = sorted(set(by[t1]) & set(by[t2]))
             if len(seeds) > 1 and paired(t1, t2):
                 d = [by[t1][s]["fd"] - by[t2][s]["fd"] for s in seeds]
                 wins = sum(v < 0 for v in d)
-                line += (f"; paired over {len(seeds)} seeds: {t1} lower on {wins}, "
-                         f"mean difference {np.mean(d):+.1f}, "
-                         f"Wilcoxon p = {stats.wilcoxon(d).pvalue:.3f}")
-            if line.endswith(":"):
-                continue
-            print(line)
+                tests.append(f"paired over {len(seeds)} seeds: {t1} lower on {wins}, "
+                             f"mean difference {np.mean(d):+.1f}, "
+                             f"Wilcoxon p = {stats.wilcoxon(d).pvalue:.3f}")
+            if tests:
+                print(f"  {t1} vs {t2}: " + "; ".join(tests))
 
 
 if __name__ == "__main__":
