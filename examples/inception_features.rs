@@ -12,6 +12,8 @@ use std::path::Path;
 use wgan_train::inception::{FEATURES, INPUT_SIZE, InceptionV3};
 
 fn main() -> Result<()> {
+    // As the binary does: freed tensor buffers stay in the heap.
+    burn_flex_kernels::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [weights, input, n, out] = args.as_slice() else {
         anyhow::bail!("usage: inception_features WEIGHTS INPUT.f32 N OUT.f32");

@@ -124,7 +124,13 @@ def main():
             xin, fout = os.path.join(d, "x.f32"), os.path.join(d, "f.f32")
             x.numpy().astype("<f4").tofile(xin)
             cmd = ["cargo", "run", "-q", "--example", "inception_features", "--", a.out, xin, str(len(x)), fout]
-            subprocess.run(cmd, check=True, cwd=ROOT)
+            # Into the target folder .ci/run and the tests use: cargo's default `target/` of a
+            # fresh checkout would start a second cold build of Burn (an hour on 2 cores).
+            target = os.environ.get("CARGO_TARGET_DIR",
+                                    os.path.expanduser("~/.cache/wgan-train/target"))
+            env = dict(os.environ, CARGO_TARGET_DIR=target)
+            print(f"building examples/inception_features in {target}", file=sys.stderr)
+            subprocess.run(cmd, check=True, cwd=ROOT, env=env)
             import numpy as np
             rust = torch.from_numpy(np.fromfile(fout, dtype="<f4").reshape(len(x), -1))
         e2, e3 = relative(rust, theirs), relative(rust, ours_torch)

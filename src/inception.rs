@@ -17,9 +17,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
-use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::module::adaptive_avg_pool2d;
 use std::path::Path;
 
 /// Side of the network's input images.
@@ -72,31 +70,30 @@ impl BasicConv2d {
         Self::new([c_in, c_out], [1, 1], 1, [0, 0], device)
     }
 
-    /// Through the batch-wide im2col + gemm kernels of `burn-flex-kernels` where they apply
-    /// (square kernels on Flex), Burn's own convolution elsewhere.
+    /// Inference BatchNorm folded into the kernel, `w' = w * s` and `shift = beta - mean * s`
+    /// with `s = gamma / sqrt(var + eps)` per output channel, then `relu(conv(x, w') + shift)`:
+    /// on Flex one pass of the batch-wide im2col + gemm kernels of `burn-flex-kernels` (every
+    /// kernel shape here: 1x1 to 5x5, 1x7/7x1, 1x3/3x1), Burn's own ops elsewhere.
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [ph, pw] = self.padding;
-        let options =
-            ConvOptions::new_with_padding(self.conv.stride, [(ph, ph), (pw, pw)], [1, 1], 1);
-        let y = burn_flex_kernels::conv::conv2d(x, self.conv.weight.val(), None, options);
-        relu(self.bn.forward(y))
+        let bn = &self.bn;
+        let c = bn.gamma.dims()[0];
+        let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt(); // [c]
+        let shift = bn.beta.val() - bn.running_mean.value() * scale.clone(); // [c]
+        let weight = self.conv.weight.val() * scale.reshape([c, 1, 1, 1]); // [c, c_in, kh, kw]
+        let stride = self.conv.stride[0];
+        burn_flex_kernels::conv::conv2d_shift_relu(x, weight, shift, stride, self.padding)
     }
 }
 
-/// 3x3 average pool, stride 1, padding 1, padding left out of the count (pytorch-fid's blocks).
+/// 3x3 average pool, stride 1, padding 1, padding left out of the count (pytorch-fid's blocks):
+/// two separable passes on Flex, Burn's `avg_pool2d` elsewhere.
 fn avg_pool_3x3(x: Tensor<4>) -> Tensor<4> {
-    avg_pool2d(
-        x,
-        AvgPoolOptions::new([3, 3])
-            .with_stride([1, 1])
-            .with_padding([1, 1])
-            .with_count_include_pad(false),
-    )
+    burn_flex_kernels::pool::avg_pool_3x3(x)
 }
 
 /// 3x3 max pool, stride 2, no padding.
 fn max_pool_3x3_s2(x: Tensor<4>) -> Tensor<4> {
-    max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]))
+    burn_flex_kernels::pool::max_pool_3x3(x, 2, 0)
 }
 
 /// Mixed_5b/c/d (`FIDInceptionA`).
@@ -298,12 +295,7 @@ impl InceptionE {
             1,
         );
         let pooled = if self.max_pool {
-            max_pool2d(
-                x,
-                MaxPoolOptions::new([3, 3])
-                    .with_stride([1, 1])
-                    .with_padding([1, 1]),
-            )
+            burn_flex_kernels::pool::max_pool_3x3(x, 1, 1)
         } else {
             avg_pool_3x3(x)
         };

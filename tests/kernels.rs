@@ -99,7 +99,7 @@ fn every_shipped_conv_shape_matches_burn() {
         };
         let shapes = ([l.batch, c_in, s, s], [c_out, c_in, 4, 4]);
         if !done.contains(&shapes) {
-            check_conv(shapes.0, shapes.1, 2, 1, &device);
+            check_conv(shapes.0, shapes.1, 2, [1, 1], &device);
             done.push(shapes);
         }
     }

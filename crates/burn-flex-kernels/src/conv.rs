@@ -29,6 +29,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Dispatch, TensorMetadata, backend_extension};
 use burn::prelude::*;
@@ -42,8 +43,9 @@ use rayon::prelude::*;
 /// between im2col and the product.
 const CHUNK_BYTES: usize = 2 << 20;
 
-/// The shape of one convolution `x [B, c_in, h, w] -> y [B, c_out, oh, ow]` with a square
-/// `k x k` kernel `[c_out, c_in, k, k]`, stride and zero padding (no dilation, no groups).
+/// The shape of one convolution `x [B, c_in, h, w] -> y [B, c_out, oh, ow]` with a
+/// `kh x kw` kernel `[c_out, c_in, kh, kw]`, one stride for both axes and zero padding
+/// `pad_h` rows and `pad_w` columns on each side (no dilation, no groups).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     pub batch: usize,
@@ -51,17 +53,19 @@ pub struct Geometry {
     pub h: usize,
     pub w: usize,
     pub c_out: usize,
-    pub k: usize,
+    pub kh: usize,
+    pub kw: usize,
     pub stride: usize,
-    pub pad: usize,
+    pub pad_h: usize,
+    pub pad_w: usize,
     pub oh: usize,
     pub ow: usize,
 }
 
 impl Geometry {
-    /// Rows of the column matrix, `c_in * k * k`.
+    /// Rows of the column matrix, `c_in * kh * kw`.
     pub(crate) fn rows(&self) -> usize {
-        self.c_in * self.k * self.k
+        self.c_in * self.kh * self.kw
     }
 
     /// Output positions per image, `oh * ow`.
@@ -155,13 +159,13 @@ impl Geometry {
 
     /// For kernel tap `(ki, kj)`: the phase plane index, the row and column shifts.
     fn tap(&self, ki: usize, kj: usize) -> (usize, isize, isize) {
-        let (di, ri) = split(ki as isize - self.pad as isize, self.stride);
-        let (dj, rj) = split(kj as isize - self.pad as isize, self.stride);
+        let (di, ri) = split(ki as isize - self.pad_h as isize, self.stride);
+        let (dj, rj) = split(kj as isize - self.pad_w as isize, self.stride);
         (ri * self.stride + rj, di, dj)
     }
 }
 
-/// `cols [c_in*k*k, n*oh*ow]` (row-major) of images `b0..b0+n` of `x [B, c_in, h, w]`.
+/// `cols [c_in*kh*kw, n*oh*ow]` (row-major) of images `b0..b0+n` of `x [B, c_in, h, w]`.
 /// `phases` is scratch space of at least `n * c_in * stride^2 * hq * wq` elements.
 fn im2col(
     g: &Geometry,
@@ -180,7 +184,7 @@ fn im2col(
     });
     let width = n * p;
     each_chunk(cols, width, inside, |row, dst| {
-        let (c, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+        let (c, ki, kj) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
         let (phase, di, dj) = g.tap(ki, kj);
         let (lo, hi) = valid(dj, wq, g.ow);
         for b in 0..n {
@@ -243,13 +247,13 @@ fn copy_shifted(
     }
 }
 
-/// Adds `cols [c_in*k*k, n*oh*ow]` back onto images `b0..b0+n` of `dx [B, c_in, h, w]`
+/// Adds `cols [c_in*kh*kw, n*oh*ow]` back onto images `b0..b0+n` of `dx [B, c_in, h, w]`
 /// (the adjoint of [`im2col`]): `planes` are those images' `[n, c_in, h, w]`, overwritten.
 fn col2im(g: &Geometry, cols: &[f32], n: usize, planes: &mut [f32], inside: bool) {
-    let (p, hw, kk, (hq, wq)) = (g.positions(), g.h * g.w, g.k * g.k, g.phase_size());
+    let (p, hw, kk, (hq, wq)) = (g.positions(), g.h * g.w, g.kh * g.kw, g.phase_size());
     let width = n * p;
     // Per column shift dj: which output columns have their input inside the phase row.
-    let masks: Vec<Vec<u32>> = (0..g.k)
+    let masks: Vec<Vec<u32>> = (0..g.kw)
         .map(|kj| {
             let (_, _, dj) = g.tap(0, kj);
             let (lo, hi) = valid(dj, wq, g.ow);
@@ -260,9 +264,9 @@ fn col2im(g: &Geometry, cols: &[f32], n: usize, planes: &mut [f32], inside: bool
     each_chunk(planes, hw, inside, |i, plane| {
         let (b, c) = (i / g.c_in, i % g.c_in);
         let mut phases = vec![0.0f32; g.stride * g.stride * hq * wq];
-        for ki in 0..g.k {
-            for kj in 0..g.k {
-                let row = &cols[(c * kk + ki * g.k + kj) * width + b * p..][..p];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &cols[(c * kk + ki * g.kw + kj) * width + b * p..][..p];
                 let (phase, di, dj) = g.tap(ki, kj);
                 let dst = &mut phases[phase * hq * wq..][..hq * wq];
                 if wq == g.ow {
@@ -485,35 +489,51 @@ fn run_chunks(
     }
 }
 
-/// The forward convolution: `x [B, c_in, h, w]`, `w [c_out, c_in, k, k]` -> `[B, c_out, oh, ow]`.
+/// The forward convolution: `x [B, c_in, h, w]`, `w [c_out, c_in, kh, kw]` -> `[B, c_out, oh, ow]`.
 pub fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    forward_fused(g, x, w, None)
+}
+
+/// [`forward`], and with `shift` (`[c_out]`) `relu(y + shift[channel])` written in the same
+/// pass that moves the product into place (inference: a convolution with BatchNorm folded into
+/// its kernel). A 1x1 stride-1 convolution without padding skips im2col: its column matrix is
+/// the images' channels side by side.
+pub fn forward_fused(g: &Geometry, x: &[f32], w: &[f32], shift: Option<&[f32]>) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
+    let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad_h == 0 && g.pad_w == 0;
     let mut y = vec![0.0; g.batch * g.c_out * p];
     run_chunks(g, &mut y, chunk * g.c_out * p, |i, images, s, inside| {
         let n = images.len() / (g.c_out * p);
         let width = n * p;
-        im2col(
-            g,
-            x,
-            (i * chunk, n),
-            &mut s.cols[..rows * width],
-            &mut s.phases,
-            inside,
-        );
+        let cols = &mut s.cols[..rows * width];
+        if pointwise {
+            channels_first(x, g.c_in, p, i * chunk, n, cols, inside);
+        } else {
+            im2col(g, x, (i * chunk, n), cols, &mut s.phases, inside);
+        }
         // out [c_out, n*p] = w [c_out, rows] cols [rows, n*p]
         let (lhs, rhs) = ((w, rows as isize, 1), (&s.cols[..], width as isize, 1));
         matmul(g.c_out, width, rows, &mut s.mat, false, lhs, rhs, inside);
         let out = &s.mat;
         each_chunk(images, p, inside, |i, dst| {
             let (b, o) = (i / g.c_out, i % g.c_out);
-            dst.copy_from_slice(&out[o * width + b * p..][..p]);
+            let src = &out[o * width + b * p..][..p];
+            match shift {
+                None => dst.copy_from_slice(src),
+                Some(shift) => {
+                    let t = shift[o];
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d = (v + t).max(0.0);
+                    }
+                }
+            }
         });
     });
     y
 }
 
 /// The input gradient (the adjoint of [`forward`], a transposed convolution):
-/// `dy [B, c_out, oh, ow]`, `w [c_out, c_in, k, k]` -> `[B, c_in, h, w]`.
+/// `dy [B, c_out, oh, ow]`, `w [c_out, c_in, kh, kw]` -> `[B, c_in, h, w]`.
 pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     let hw = g.h * g.w;
@@ -531,7 +551,7 @@ pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// The kernel gradient: `x [B, c_in, h, w]`, `dy [B, c_out, oh, ow]` -> `[c_out, c_in, k, k]`.
+/// The kernel gradient: `x [B, c_in, h, w]`, `dy [B, c_out, oh, ow]` -> `[c_out, c_in, kh, kw]`.
 pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     // dw^T [rows, c_out] += cols [rows, n*p] grad^T [n*p, c_out] for chunk b0..b0+n: 1.3-2.3x
@@ -633,46 +653,56 @@ fn matmul_long(
     }
 }
 
-/// The geometry of `x [B, c_in, h, w]` convolved with `w [c_out, c_in, k, k]`.
-pub(crate) fn conv_geometry(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize) -> Geometry {
+/// The geometry of `x [B, c_in, h, w]` convolved with `w [c_out, c_in, kh, kw]`, padding
+/// `[rows, columns]`.
+pub(crate) fn conv_geometry(
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    pad: [usize; 2],
+) -> Geometry {
     let [batch, c_in, h, wd] = x;
-    let [c_out, _, k, _] = w;
+    let [c_out, _, kh, kw] = w;
     Geometry {
         batch,
         c_in,
         h,
         w: wd,
         c_out,
-        k,
+        kh,
+        kw,
         stride,
-        pad,
-        oh: (h + 2 * pad - k) / stride + 1,
-        ow: (wd + 2 * pad - k) / stride + 1,
+        pad_h: pad[0],
+        pad_w: pad[1],
+        oh: (h + 2 * pad[0] - kh) / stride + 1,
+        ow: (wd + 2 * pad[1] - kw) / stride + 1,
     }
 }
 
-/// The geometry of the convolution whose adjoint maps `x [B, c, h, w]` with `w [c, c_out, k, k]`
-/// to `[B, c_out, (h-1)s - 2p + k + out_pad[0], (w-1)s - 2p + k + out_pad[1]]` (a transposed
-/// convolution).
+/// The geometry of the convolution whose adjoint maps `x [B, c, h, w]` with
+/// `w [c, c_out, kh, kw]` to `[B, c_out, (h-1)s - 2p_h + kh + out_pad[0], (w-1)s - 2p_w + kw +
+/// out_pad[1]]` (a transposed convolution).
 fn transpose_geometry(
     x: [usize; 4],
     w: [usize; 4],
     stride: usize,
-    pad: usize,
+    pad: [usize; 2],
     out_pad: [usize; 2],
 ) -> Geometry {
     let [batch, c, h, wd] = x;
-    let [_, c_out, k, _] = w;
-    let size = |i: usize, extra: usize| (i - 1) * stride + k + extra - 2 * pad;
+    let [_, c_out, kh, kw] = w;
+    let size = |i: usize, k: usize, extra: usize, p: usize| (i - 1) * stride + k + extra - 2 * p;
     Geometry {
         batch,
         c_in: c_out,
-        h: size(h, out_pad[0]),
-        w: size(wd, out_pad[1]),
+        h: size(h, kh, out_pad[0], pad[0]),
+        w: size(wd, kw, out_pad[1], pad[1]),
         c_out: c,
-        k,
+        kh,
+        kw,
         stride,
-        pad,
+        pad_h: pad[0],
+        pad_w: pad[1],
         oh: h,
         ow: wd,
     }
@@ -686,40 +716,72 @@ fn dims4<T: TensorMetadata>(t: &T) -> [usize; 4] {
 /// Convolutions as batch-wide matrix products; see the module documentation.
 #[backend_extension(Autodiff, Flex)]
 pub trait GemmConv: burn::backend::Backend {
-    /// `x [B, c_in, h, w]`, `weight [c_out, c_in, k, k]` -> `[B, c_out, oh, ow]` (no bias).
+    /// `x [B, c_in, h, w]`, `weight [c_out, c_in, kh, kw]` -> `[B, c_out, oh, ow]` (no bias;
+    /// `pad` is `[rows, columns]`).
     fn gemm_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: usize,
-        pad: usize,
+        pad: [usize; 2],
     ) -> FloatTensor<Self>;
 
-    /// `x [B, c_in, h, w]`, `weight [c_in, c_out, k, k]` ->
-    /// `[B, c_out, (h-1)s - 2p + k + out_pad[0], (w-1)s - 2p + k + out_pad[1]]` (no bias).
+    /// `relu(conv(x, weight) + shift[channel])`: `x [B, c_in, h, w]`, `weight [c_out, c_in,
+    /// kh, kw]`, `shift [c_out]` -> `[B, c_out, oh, ow]`, in one pass over the output on Flex
+    /// (a convolution followed by inference BatchNorm, folded into `weight` and `shift`, and
+    /// ReLU).
+    fn gemm_conv2d_shift_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stride: usize,
+        pad: [usize; 2],
+    ) -> FloatTensor<Self>;
+
+    /// `x [B, c_in, h, w]`, `weight [c_in, c_out, kh, kw]` ->
+    /// `[B, c_out, (h-1)s - 2p_h + kh + out_pad[0], (w-1)s - 2p_w + kw + out_pad[1]]` (no bias).
     fn gemm_conv_transpose2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: usize,
-        pad: usize,
+        pad: [usize; 2],
         out_pad: [usize; 2],
     ) -> FloatTensor<Self>;
 
     /// The kernel gradient of [`gemm_conv2d`](Self::gemm_conv2d): `x [B, c_in, h, w]`,
-    /// `dy [B, c_out, oh, ow]` -> `[c_out, c_in, k, k]`. Not differentiable.
+    /// `dy [B, c_out, oh, ow]` -> `[c_out, c_in, kh, kw]` (`k` is `[kh, kw]`). Not
+    /// differentiable.
     fn gemm_conv2d_weight(
         x: FloatTensor<Self>,
         dy: FloatTensor<Self>,
-        k: usize,
+        k: [usize; 2],
         stride: usize,
-        pad: usize,
+        pad: [usize; 2],
     ) -> FloatTensor<Self>;
 }
 
 impl GemmConv for Flex {
-    fn gemm_conv2d(x: FlexTensor, weight: FlexTensor, stride: usize, pad: usize) -> FlexTensor {
+    fn gemm_conv2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride: usize,
+        pad: [usize; 2],
+    ) -> FlexTensor {
         let g = conv_geometry(dims4(&x), dims4(&weight), stride, pad);
         let (x, weight) = (contiguous(&x), contiguous(&weight));
         let y = forward(&g, values(&x), values(&weight));
+        tensor(y, [g.batch, g.c_out, g.oh, g.ow])
+    }
+
+    fn gemm_conv2d_shift_relu(
+        x: FlexTensor,
+        weight: FlexTensor,
+        shift: FlexTensor,
+        stride: usize,
+        pad: [usize; 2],
+    ) -> FlexTensor {
+        let g = conv_geometry(dims4(&x), dims4(&weight), stride, pad);
+        let (x, weight, shift) = (contiguous(&x), contiguous(&weight), contiguous(&shift));
+        let y = forward_fused(&g, values(&x), values(&weight), Some(values(&shift)));
         tensor(y, [g.batch, g.c_out, g.oh, g.ow])
     }
 
@@ -727,7 +789,7 @@ impl GemmConv for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         stride: usize,
-        pad: usize,
+        pad: [usize; 2],
         out_pad: [usize; 2],
     ) -> FlexTensor {
         let g = transpose_geometry(dims4(&x), dims4(&weight), stride, pad, out_pad);
@@ -739,16 +801,16 @@ impl GemmConv for Flex {
     fn gemm_conv2d_weight(
         x: FlexTensor,
         dy: FlexTensor,
-        k: usize,
+        [kh, kw]: [usize; 2],
         stride: usize,
-        pad: usize,
+        pad: [usize; 2],
     ) -> FlexTensor {
         let c_out = dims4(&dy)[1];
         let [_, c_in, ..] = dims4(&x);
-        let g = conv_geometry(dims4(&x), [c_out, c_in, k, k], stride, pad);
+        let g = conv_geometry(dims4(&x), [c_out, c_in, kh, kw], stride, pad);
         let (x, dy) = (contiguous(&x), contiguous(&dy));
         let dw = backward_weight(&g, values(&x), values(&dy));
-        tensor(dw, [c_out, c_in, k, k])
+        tensor(dw, [c_out, c_in, kh, kw])
     }
 }
 
@@ -758,7 +820,7 @@ struct ConvBackward;
 
 impl<B: GemmConv> Backward<B, 2> for ConvBackward {
     /// `(x, weight, stride, pad)`.
-    type State = (NodeId, NodeId, usize, usize);
+    type State = (NodeId, NodeId, usize, [usize; 2]);
 
     fn backward(
         self,
@@ -771,13 +833,14 @@ impl<B: GemmConv> Backward<B, 2> for ConvBackward {
         let (x_id, w_id, stride, pad) = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
         let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_id);
-        let ([_, _, h, wd], [_, _, k, _]) = (dims4(&x), dims4(&w));
+        let ([_, _, h, wd], [_, _, kh, kw]) = (dims4(&x), dims4(&w));
         if let Some(node) = node_w {
-            let dw = B::gemm_conv2d_weight(x, grad.clone(), k, stride, pad);
+            let dw = B::gemm_conv2d_weight(x, grad.clone(), [kh, kw], stride, pad);
             grads.register::<B>(node.id, dw);
         }
         if let Some(node) = node_x {
-            let out_pad = [h, wd].map(|i| (i + 2 * pad - k) % stride);
+            let out_pad =
+                [(h, kh, pad[0]), (wd, kw, pad[1])].map(|(i, k, p)| (i + 2 * p - k) % stride);
             let dx = B::gemm_conv_transpose2d(grad, w, stride, pad, out_pad);
             grads.register::<B>(node.id, dx);
         }
@@ -790,7 +853,7 @@ struct ConvTransposeBackward;
 
 impl<B: GemmConv> Backward<B, 2> for ConvTransposeBackward {
     /// `(x, weight, stride, pad)`.
-    type State = (NodeId, NodeId, usize, usize);
+    type State = (NodeId, NodeId, usize, [usize; 2]);
 
     fn backward(
         self,
@@ -803,10 +866,10 @@ impl<B: GemmConv> Backward<B, 2> for ConvTransposeBackward {
         let (x_id, w_id, stride, pad) = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
         let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_id);
-        let k = dims4(&w)[2];
+        let [.., kh, kw] = dims4(&w);
         if let Some(node) = node_w {
             // The transposed convolution is the adjoint of the convolution grad -> x.
-            let dw = B::gemm_conv2d_weight(grad.clone(), x, k, stride, pad);
+            let dw = B::gemm_conv2d_weight(grad.clone(), x, [kh, kw], stride, pad);
             grads.register::<B>(node.id, dw);
         }
         if let Some(node) = node_x {
@@ -820,18 +883,32 @@ impl<B: GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: usize,
-        pad: usize,
+        pad: [usize; 2],
     ) -> FloatTensor<Self> {
         record::<B, C, _>(ConvBackward, x, weight, (stride, pad), |x, w| {
             B::gemm_conv2d(x, w, stride, pad)
         })
     }
 
+    /// The recorded convolution, then Burn's own (differentiable) add and ReLU.
+    fn gemm_conv2d_shift_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        stride: usize,
+        pad: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let c = shift.shape()[0];
+        let y = Self::gemm_conv2d(x, weight, stride, pad);
+        let shift = Self::float_reshape(shift, Shape::new([1, c, 1, 1]));
+        Self::relu(Self::float_add(y, shift))
+    }
+
     fn gemm_conv_transpose2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: usize,
-        pad: usize,
+        pad: [usize; 2],
         out_pad: [usize; 2],
     ) -> FloatTensor<Self> {
         record::<B, C, _>(ConvTransposeBackward, x, weight, (stride, pad), |x, w| {
@@ -842,9 +919,9 @@ impl<B: GemmConv, C: CheckpointStrategy> GemmConv for Autodiff<B, C> {
     fn gemm_conv2d_weight(
         x: FloatTensor<Self>,
         dy: FloatTensor<Self>,
-        k: usize,
+        k: [usize; 2],
         stride: usize,
-        pad: usize,
+        pad: [usize; 2],
     ) -> FloatTensor<Self> {
         let (x, dy) = (Self::inner(x), Self::inner(dy));
         Self::from_inner(B::gemm_conv2d_weight(x, dy, k, stride, pad))
@@ -857,13 +934,13 @@ fn record<B, C, O>(
     op: O,
     x: FloatTensor<Autodiff<B, C>>,
     weight: FloatTensor<Autodiff<B, C>>,
-    (stride, pad): (usize, usize),
+    (stride, pad): (usize, [usize; 2]),
     run: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
 ) -> FloatTensor<Autodiff<B, C>>
 where
     B: GemmConv,
     C: CheckpointStrategy,
-    O: Backward<B, 2, State = (NodeId, NodeId, usize, usize)>,
+    O: Backward<B, 2, State = (NodeId, NodeId, usize, [usize; 2])>,
 {
     match op
         .prepare::<C>([x.node(), weight.node()])
@@ -878,20 +955,10 @@ where
     }
 }
 
-/// Whether the batch-wide kernels apply: f32 tensors on Flex, a square kernel, equal strides
-/// and paddings, no dilation, no groups.
-pub(crate) fn gemm_path(
-    x: &Tensor<4>,
-    weight: &Tensor<4>,
-    stride: [usize; 2],
-    pad: [usize; 2],
-) -> bool {
-    let [.., kh, kw] = weight.dims();
-    flex::applies(x)
-        && flex::applies(weight)
-        && kh == kw
-        && stride[0] == stride[1]
-        && pad[0] == pad[1]
+/// Whether the batch-wide kernels apply: f32 tensors on Flex and equal strides (any kernel
+/// shape and padding; the callers check dilation and groups).
+pub(crate) fn gemm_path(x: &Tensor<4>, weight: &Tensor<4>, stride: [usize; 2]) -> bool {
+    flex::applies(x) && flex::applies(weight) && stride[0] == stride[1]
 }
 
 fn add_bias(y: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
@@ -915,7 +982,7 @@ pub fn conv2d(
     let plain = options.dilation == [1, 1]
         && options.groups == 1
         && options.padding_end() == pad
-        && gemm_path(&x, &weight, options.stride, pad);
+        && gemm_path(&x, &weight, options.stride);
     if !plain {
         return burn::tensor::module::conv2d(x, weight, bias, options);
     }
@@ -923,9 +990,43 @@ pub fn conv2d(
         x.into_dispatch(),
         weight.into_dispatch(),
         options.stride[0],
-        pad[0],
+        pad,
     );
     add_bias(Tensor::from_dispatch(y), bias)
+}
+
+/// `relu(conv2d(x, weight) + shift[channel])` (no dilation, no groups, padding `[rows, columns]`
+/// on both sides): one pass over the output on Flex with f32, Burn's own ops elsewhere. For
+/// inference with BatchNorm folded into `weight` and `shift` (the FID Inception).
+pub fn conv2d_shift_relu(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    shift: Tensor<1>,
+    stride: usize,
+    pad: [usize; 2],
+) -> Tensor<4> {
+    if !gemm_path(&x, &weight, [stride, stride]) || !flex::applies(&shift) {
+        let options = ConvOptions::new_with_padding(
+            [stride, stride],
+            [(pad[0], pad[0]), (pad[1], pad[1])],
+            [1, 1],
+            1,
+        );
+        return burn::tensor::activation::relu(burn::tensor::module::conv2d(
+            x,
+            weight,
+            Some(shift),
+            options,
+        ));
+    }
+    let y = Dispatch::gemm_conv2d_shift_relu(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        shift.into_dispatch(),
+        stride,
+        pad,
+    );
+    Tensor::from_dispatch(y)
 }
 
 /// `burn::tensor::module::conv_transpose2d`, through the batch-wide kernels on Flex.
@@ -935,9 +1036,8 @@ pub fn conv_transpose2d(
     bias: Option<Tensor<1>>,
     options: ConvTransposeOptions<2>,
 ) -> Tensor<4> {
-    let plain = options.dilation == [1, 1]
-        && options.groups == 1
-        && gemm_path(&x, &weight, options.stride, options.padding);
+    let plain =
+        options.dilation == [1, 1] && options.groups == 1 && gemm_path(&x, &weight, options.stride);
     if !plain {
         return burn::tensor::module::conv_transpose2d(x, weight, bias, options);
     }
@@ -945,7 +1045,7 @@ pub fn conv_transpose2d(
         x.into_dispatch(),
         weight.into_dispatch(),
         options.stride[0],
-        options.padding[0],
+        options.padding,
         options.padding_out,
     );
     add_bias(Tensor::from_dispatch(y), bias)
@@ -958,9 +1058,10 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// The input row read by output row `o` at kernel row `ki`, if inside `0..size`.
-    fn source(g: &Geometry, o: usize, ki: usize, size: usize) -> Option<usize> {
-        let i = (o * g.stride + ki) as isize - g.pad as isize;
+    /// The input row (or column) read by output row `o` at kernel row `ki` with padding
+    /// `pad`, if inside `0..size`.
+    fn source(g: &Geometry, o: usize, ki: usize, pad: usize, size: usize) -> Option<usize> {
+        let i = (o * g.stride + ki) as isize - pad as isize;
         (i >= 0 && (i as usize) < size).then_some(i as usize)
     }
 
@@ -973,15 +1074,16 @@ mod tests {
                     for ow in 0..g.ow {
                         let mut sum = 0.0f64;
                         for c in 0..g.c_in {
-                            for ki in 0..g.k {
-                                for kj in 0..g.k {
-                                    let (Some(ih), Some(iw)) =
-                                        (source(g, oh, ki, g.h), source(g, ow, kj, g.w))
-                                    else {
+                            for ki in 0..g.kh {
+                                for kj in 0..g.kw {
+                                    let (Some(ih), Some(iw)) = (
+                                        source(g, oh, ki, g.pad_h, g.h),
+                                        source(g, ow, kj, g.pad_w, g.w),
+                                    ) else {
                                         continue;
                                     };
                                     let xv = x[((b * g.c_in + c) * g.h + ih) * g.w + iw];
-                                    let wv = w[((o * g.c_in + c) * g.k + ki) * g.k + kj];
+                                    let wv = w[((o * g.c_in + c) * g.kh + ki) * g.kw + kj];
                                     sum += xv as f64 * wv as f64;
                                 }
                             }
@@ -1002,28 +1104,43 @@ mod tests {
         a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
     }
 
-    /// `(batch, c_in, h, w, c_out, k, stride, pad)`.
-    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+    /// `(batch, c_in, h, w, c_out, [kh, kw], stride, [pad_h, pad_w])`.
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 2],
+        usize,
+        [usize; 2],
+    );
 
     /// The critic's and generator's 4x4/2/1 layers, odd sizes, stride 1 and 3, padding 0 and 2,
-    /// 1x1 kernels, and a batch of 20 images of 1 MiB columns each, which the 2 MiB chunks
-    /// split in ten.
-    const CASES: [Case; 8] = [
-        (3, 3, 16, 16, 8, 4, 2, 1),
-        (2, 8, 8, 8, 16, 4, 2, 1),
-        (2, 5, 7, 9, 3, 3, 1, 1),
-        (3, 4, 11, 10, 6, 4, 2, 1),
-        (2, 3, 10, 10, 4, 3, 3, 2),
-        (2, 6, 5, 5, 7, 1, 1, 0),
-        (1, 2, 6, 6, 3, 5, 2, 0),
-        (20, 64, 32, 32, 4, 4, 2, 1),
+    /// 1x1 kernels, the FID Inception's 1x7/7x1 and 1x3/3x1 kernels with their one-sided
+    /// paddings, a rectangular kernel at stride 2, and a batch of 20 images of 1 MiB columns
+    /// each, which the 2 MiB chunks split in ten (last: the test of the chunks reads it).
+    const CASES: [Case; 13] = [
+        (3, 3, 16, 16, 8, [4, 4], 2, [1, 1]),
+        (2, 8, 8, 8, 16, [4, 4], 2, [1, 1]),
+        (2, 5, 7, 9, 3, [3, 3], 1, [1, 1]),
+        (3, 4, 11, 10, 6, [4, 4], 2, [1, 1]),
+        (2, 3, 10, 10, 4, [3, 3], 3, [2, 2]),
+        (2, 6, 5, 5, 7, [1, 1], 1, [0, 0]),
+        (1, 2, 6, 6, 3, [5, 5], 2, [0, 0]),
+        (2, 5, 9, 9, 4, [1, 7], 1, [0, 3]),
+        (2, 5, 9, 9, 4, [7, 1], 1, [3, 0]),
+        (2, 6, 4, 5, 3, [1, 3], 1, [0, 1]),
+        (2, 6, 5, 4, 3, [3, 1], 1, [1, 0]),
+        (2, 3, 9, 8, 4, [3, 2], 2, [1, 0]),
+        (20, 64, 32, 32, 4, [4, 4], 2, [1, 1]),
     ];
 
     fn geometries() -> impl Iterator<Item = Geometry> {
         CASES
             .iter()
-            .map(|&(batch, c_in, h, w, c_out, k, stride, pad)| {
-                conv_geometry([batch, c_in, h, w], [c_out, c_in, k, k], stride, pad)
+            .map(|&(batch, c_in, h, w, c_out, [kh, kw], stride, pad)| {
+                conv_geometry([batch, c_in, h, w], [c_out, c_in, kh, kw], stride, pad)
             })
     }
 
@@ -1075,14 +1192,99 @@ mod tests {
     fn burn_ops_on_flex_match_burn_own_convolutions() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        for g in geometries().take(7) {
+        for g in geometries().take(CASES.len() - 1) {
             crate::testing::check_conv(
                 [g.batch, g.c_in, g.h, g.w],
-                [g.c_out, g.c_in, g.k, g.k],
+                [g.c_out, g.c_in, g.kh, g.kw],
                 g.stride,
-                g.pad,
+                [g.pad_h, g.pad_w],
                 &device,
             );
+        }
+    }
+
+    /// With a shift, the forward pass is `relu(definition + shift[channel])` (the 1x1 case
+    /// takes the path without im2col).
+    #[test]
+    fn fused_shift_relu_equals_the_definition() {
+        println!("CPU: {}", crate::simd_level());
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for g in geometries() {
+            let x = random(g.batch * g.c_in * g.h * g.w, &mut rng);
+            let w = random(g.c_out * g.rows(), &mut rng);
+            let shift = random(g.c_out, &mut rng);
+            let p = g.positions();
+            let expected: Vec<f32> = direct(&g, &x, &w)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v + shift[(i / p) % g.c_out]).max(0.0))
+                .collect();
+            assert!(expected.iter().any(|&v| v == 0.0) && expected.iter().any(|&v| v > 0.0));
+            let err = max_abs_diff(&forward_fused(&g, &x, &w, Some(&shift)), &expected);
+            assert!(err < 1e-4, "{g:?}: {err}");
+        }
+    }
+
+    /// [`conv2d_shift_relu`] equals Burn's `relu(conv2d(x, w, shift))` on Flex, and with
+    /// autodiff also in its gradients with respect to the input, the kernel and the shift.
+    #[test]
+    fn shift_relu_matches_burn_ops_with_and_without_autodiff() {
+        use burn::tensor::Distribution;
+        use burn::tensor::activation::relu;
+        for (device, tracked) in [(Device::flex(), false), (Device::flex().autodiff(), true)] {
+            device.seed(5);
+            for g in geometries() {
+                let normal = Distribution::Normal(0.0, 1.0);
+                let x = Tensor::<4>::random([g.batch, g.c_in, g.h, g.w], normal, &device);
+                let w = Tensor::<4>::random([g.c_out, g.c_in, g.kh, g.kw], normal, &device);
+                let b = Tensor::<1>::random([g.c_out], normal, &device);
+                let (pad, stride) = ([g.pad_h, g.pad_w], g.stride);
+                let options = ConvOptions::new([stride; 2], pad, [1, 1], 1);
+                let run = |ours: bool| {
+                    let (x, w, b) = if tracked {
+                        (
+                            x.clone().require_grad(),
+                            w.clone().require_grad(),
+                            b.clone().require_grad(),
+                        )
+                    } else {
+                        (x.clone(), w.clone(), b.clone())
+                    };
+                    let y = if ours {
+                        conv2d_shift_relu(x.clone(), w.clone(), b.clone(), stride, pad)
+                    } else {
+                        let y = burn::tensor::module::conv2d(
+                            x.clone(),
+                            w.clone(),
+                            Some(b.clone()),
+                            options.clone(),
+                        );
+                        relu(y)
+                    };
+                    let mut out = vec![y.clone().into_data().try_to_vec::<f32>().unwrap()];
+                    if tracked {
+                        let grads = (y.clone() * y).sum().backward();
+                        for g in [
+                            x.grad(&grads).unwrap().into_data(),
+                            w.grad(&grads).unwrap().into_data(),
+                            b.grad(&grads).unwrap().into_data(),
+                        ] {
+                            out.push(g.try_to_vec::<f32>().unwrap());
+                        }
+                    }
+                    out
+                };
+                let (ours, burn) = (run(true), run(false));
+                assert_eq!(ours.len(), if tracked { 4 } else { 1 });
+                for (i, (a, b)) in ours.iter().zip(&burn).enumerate() {
+                    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                    let err = max_abs_diff(a, b);
+                    assert!(
+                        err < 1e-5 * scale,
+                        "{g:?} output {i}: {err} (scale {scale})"
+                    );
+                }
+            }
         }
     }
 
@@ -1097,6 +1299,7 @@ mod tests {
         for name in [
             "conv::tests::forward_equals_the_definition",
             "conv::tests::gradients_are_the_adjoints_of_the_forward_convolution",
+            "conv::tests::fused_shift_relu_equals_the_definition",
         ] {
             crate::testing::under_emulated_cpus(name, &[]);
         }

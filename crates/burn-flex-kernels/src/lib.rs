@@ -12,7 +12,11 @@
 //! - [`activation::leaky_relu`] (and [`activation::leaky_relu_backward`], the mask as a
 //!   differentiable op for hand-written input gradients);
 //! - [`norm::forward`]: `BatchNorm::forward` with the fused training path; its running
-//!   variance is PyTorch's (unbiased batch variance) on every backend.
+//!   variance is PyTorch's (unbiased batch variance) on every backend;
+//! - [`pool::avg_pool_3x3`], [`pool::max_pool_3x3`]: the FID Inception's 3x3 average pool
+//!   (stride 1, padding 1, padding out of the count) and max pools, as two separable passes;
+//! - [`conv::conv2d_shift_relu`]: inference `relu(conv2d + shift)` in one pass over the
+//!   output (a convolution with BatchNorm folded in).
 //!
 //! [`testing`] holds the checks this crate's tests run against Burn's ops, public so that a
 //! model crate can run them on its own layer shapes, and a helper that reruns a test under
@@ -22,6 +26,7 @@ pub mod activation;
 pub mod conv;
 mod flex;
 pub mod norm;
+pub mod pool;
 #[doc(hidden)]
 pub mod testing;
 

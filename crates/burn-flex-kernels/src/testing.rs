@@ -94,27 +94,26 @@ fn close1(a: Tensor<1>, b: Tensor<1>, what: &str, terms: usize) {
     close_within(&a, &b, what, tolerance);
 }
 
-/// [`conv2d`] of `x` (`[B, C_in, H, W]`) with a kernel `w` (`[C_out, C_in, k, k]`), and
+/// [`conv2d`] of `x` (`[B, C_in, H, W]`) with a kernel `w` (`[C_out, C_in, kh, kw]`) and
+/// padding `pad` (`[rows, columns]`), and
 /// [`conv_transpose2d`] with the adjoint shape (`dy` of the convolution's output shape to its
 /// input shape, so a transposed convolution `C_out -> C_in` from `oh` to `H`), against Burn's
 /// own ops on random values: outputs and every gradient (input, kernel, bias), through a loss
 /// that reaches each input, at first order. Panics on a difference over 1e-5 of the scale
 /// (bias gradients: growing as the square root of the summed terms).
-pub fn check_conv(x: [usize; 4], w: [usize; 4], stride: usize, pad: usize, device: &Device) {
+pub fn check_conv(x: [usize; 4], w: [usize; 4], stride: usize, pad: [usize; 2], device: &Device) {
     let g = &conv_geometry(x, w, stride, pad);
     let normal = Distribution::Normal(0.0, 1.0);
     let x = Tensor::<4>::random([g.batch, g.c_in, g.h, g.w], normal, device);
-    let w = Tensor::<4>::random([g.c_out, g.c_in, g.k, g.k], normal, device);
+    let w = Tensor::<4>::random([g.c_out, g.c_in, g.kh, g.kw], normal, device);
     let b = Tensor::<1>::random([g.c_out], normal, device);
     let dy = Tensor::<4>::random([g.batch, g.c_out, g.oh, g.ow], normal, device);
-    let options = ConvOptions::new([g.stride; 2], [g.pad; 2], [1, 1], 1);
-    let out_pad = [g.h, g.w].map(|i| (i + 2 * g.pad - g.k) % g.stride);
-    let t_options = ConvTransposeOptions::new([g.stride; 2], [g.pad; 2], out_pad, [1, 1], 1);
+    let options = ConvOptions::new([g.stride; 2], pad, [1, 1], 1);
+    let out_pad =
+        [(g.h, g.kh, g.pad_h), (g.w, g.kw, g.pad_w)].map(|(i, k, p)| (i + 2 * p - k) % g.stride);
+    let t_options = ConvTransposeOptions::new([g.stride; 2], pad, out_pad, [1, 1], 1);
     let tb = Tensor::<1>::random([g.c_in], normal, device);
-    assert!(
-        gemm_path(&x, &w, options.stride, [g.pad; 2]),
-        "takes the gemm path"
-    );
+    assert!(gemm_path(&x, &w, options.stride), "takes the gemm path");
     let run = |ours: bool| {
         let (x, w, b, dy, tb) = (
             x.clone().require_grad(),
