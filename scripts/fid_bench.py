@@ -49,7 +49,9 @@ def main():
         xin, fout = os.path.join(d, "x.f32"), os.path.join(d, "f.f32")
         x.numpy().astype("<f4").tofile(xin)
         flag = [] if a.profile == "debug" else ["--profile", a.profile]
-        subprocess.run(["cargo", "build", "-q", "--example", "inception_features", *flag], check=True, cwd=ROOT)
+        # Into TARGET (the tests' folder), never a cold `target/` of the checkout.
+        subprocess.run(["cargo", "build", "-q", "--example", "inception_features", *flag], check=True, cwd=ROOT,
+                       env=dict(os.environ, CARGO_TARGET_DIR=TARGET))
         exe = os.path.join(TARGET, a.profile, "examples", "inception_features")
         env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), BATCH=str(a.batch))
         out = subprocess.run([exe, a.weights, xin, str(a.images), fout], check=True, env=env,
