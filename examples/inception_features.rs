@@ -40,7 +40,7 @@ fn main() -> Result<()> {
     let batch: usize = std::env::var("BATCH")
         .ok()
         .and_then(|b| b.parse().ok())
-        .unwrap_or(25);
+        .unwrap_or(20);
     for start in (0..n).step_by(batch) {
         let count = batch.min(n - start);
         let x = Tensor::<4>::from_data(

@@ -4,7 +4,7 @@ InceptionV3 (torch, CPU) and ours (examples/inception_features.rs, Flex), on the
 network inputs, the same weights (scripts/get-inception.py's file) and the same thread count.
 Images per second; the inputs are random (speed does not depend on them).
 
-  python3 scripts/fid_bench.py [--images 100] [--threads 2] [--batch 25] [--weights FILE]
+  python3 scripts/fid_bench.py [--images 100] [--threads 2] [--batch 20] [--weights FILE]
 """
 import argparse
 import os
@@ -26,7 +26,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=25)
+    p.add_argument("--batch", type=int, default=20)
     p.add_argument("--profile", default="debug", help="cargo profile of the example (debug or release)")
     p.add_argument("--weights", default=os.path.join(CACHE, "inception", "pt_inception-2015-12-05.safetensors"))
     a = p.parse_args()

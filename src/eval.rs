@@ -393,8 +393,10 @@ pub fn evaluate_run(
     Ok((generated, floor, n))
 }
 
-/// Images per Inception forward when extracting FID features.
-const INCEPTION_BATCH: usize = 25;
+/// Images per Inception forward when extracting FID features: whole passes of
+/// [`crate::inception::images_per_pass`] for 1, 2 and 4 threads (5 or 4 images), so that no pass of one
+/// image runs at the end of every batch.
+const INCEPTION_BATCH: usize = 20;
 
 /// torch-fidelity's KID defaults: subsets and images per subset.
 const KID_SUBSETS: usize = 100;

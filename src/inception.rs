@@ -311,6 +311,15 @@ impl InceptionE {
 /// `clear_page`, `perf`). Each image's features do not depend on the others in its pass.
 pub const IMAGES_PER_PASS: usize = 5;
 
+/// Images per pass for `threads` worker threads: the largest multiple of `threads` up to
+/// [`IMAGES_PER_PASS`] (at least `threads`). A large layer's column matrix holds one image per
+/// chunk and its chunks spread over the threads, so 5 images on 2 threads ran 3 + 2 (the
+/// second thread idle a sixth of the time: 2 threads were 1.5x one); 4 run 2 + 2.
+pub fn images_per_pass(threads: usize) -> usize {
+    let threads = threads.max(1);
+    (IMAGES_PER_PASS / threads).max(1) * threads
+}
+
 /// pytorch-fid's FID Inception, images -> pool3 features. Field names are torchvision's
 /// (`Conv2d_1a_3x3` -> `conv2d_1a_3x3`), so that its state dict loads by name.
 #[derive(Module, Debug)]
@@ -418,15 +427,16 @@ impl InceptionV3 {
     }
 
     /// `[B, 3, 299, 299]` network input (in [-1, 1]) -> `[B, 2048]` pool3 features. On the CPU
-    /// (Flex) the batch goes through in passes of [`IMAGES_PER_PASS`] images.
+    /// (Flex) the batch goes through in passes of [`images_per_pass`] images.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let [batch, ..] = x.dims();
-        if batch <= IMAGES_PER_PASS || x.device().inner() != Device::flex() {
+        let per_pass = images_per_pass(rayon::current_num_threads());
+        if batch <= per_pass || x.device().inner() != Device::flex() {
             return self.forward_pass(x);
         }
         let passes = (0..batch)
-            .step_by(IMAGES_PER_PASS)
-            .map(|s| self.forward_pass(x.clone().narrow(0, s, IMAGES_PER_PASS.min(batch - s))))
+            .step_by(per_pass)
+            .map(|s| self.forward_pass(x.clone().narrow(0, s, per_pass.min(batch - s))))
             .collect();
         Tensor::cat(passes, 0)
     }
@@ -515,13 +525,13 @@ mod tests {
     use super::*;
     use burn::tensor::Distribution;
 
-    /// A batch larger than one pass (7 images: a pass of 5, then 2) gives each image the
-    /// features that image gets through the network alone.
+    /// A batch larger than one pass (a full pass, then 2) gives each image the features that
+    /// image gets through the network alone.
     #[test]
     fn passes_give_each_image_its_own_features() {
         let device = Device::flex();
         let net = InceptionV3::new(&device);
-        let n = IMAGES_PER_PASS + 2;
+        let n = images_per_pass(rayon::current_num_threads()) + 2;
         let x = Tensor::<4>::random(
             [n, 3, INPUT_SIZE, INPUT_SIZE],
             Distribution::Uniform(-1.0, 1.0),
@@ -539,5 +549,26 @@ mod tests {
                 .into_scalar::<f32>() as f64;
             assert!(diff <= 1e-5 * scale, "image {i}: {diff} of {scale}");
         }
+    }
+
+    /// Every thread gets the same number of images per pass, and a pass stays within
+    /// IMAGES_PER_PASS unless there are more threads than that.
+    #[test]
+    fn passes_split_evenly_over_the_threads() {
+        for threads in 1..=16 {
+            let n = images_per_pass(threads);
+            assert_eq!(n % threads, 0, "{threads} threads: {n} images");
+            assert!(
+                n <= IMAGES_PER_PASS.max(threads),
+                "{threads} threads: {n} images"
+            );
+            // The largest such multiple: one more image per thread would pass the limit.
+            assert!(
+                n + threads > IMAGES_PER_PASS,
+                "{threads} threads: {n} images"
+            );
+        }
+        assert_eq!(images_per_pass(1), IMAGES_PER_PASS);
+        assert_eq!(images_per_pass(0), IMAGES_PER_PASS);
     }
 }
