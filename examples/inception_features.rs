@@ -9,7 +9,7 @@
 use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use std::path::Path;
-use wgan_train::inception::{FEATURES, INPUT_SIZE, InceptionV3};
+use wgan_train::inception::{BATCH, FEATURES, INPUT_SIZE, InceptionV3};
 
 fn main() -> Result<()> {
     // As the binary does: freed tensor buffers stay in the heap.
@@ -40,7 +40,7 @@ fn main() -> Result<()> {
     let batch: usize = std::env::var("BATCH")
         .ok()
         .and_then(|b| b.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(BATCH);
     for start in (0..n).step_by(batch) {
         let count = batch.min(n - start);
         let x = Tensor::<4>::from_data(

@@ -26,7 +26,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=20)
+    p.add_argument("--batch", type=int, default=20, help="images per forward (inception::BATCH)")
     p.add_argument("--profile", default="debug", help="cargo profile of the example (debug or release)")
     p.add_argument("--weights", default=os.path.join(CACHE, "inception", "pt_inception-2015-12-05.safetensors"))
     a = p.parse_args()

@@ -393,11 +393,6 @@ pub fn evaluate_run(
     Ok((generated, floor, n))
 }
 
-/// Images per Inception forward when extracting FID features: whole passes of
-/// [`crate::inception::images_per_pass`] for 1, 2 and 4 threads (5 or 4 images), so that no pass of one
-/// image runs at the end of every batch.
-const INCEPTION_BATCH: usize = 20;
-
 /// torch-fidelity's KID defaults: subsets and images per subset.
 const KID_SUBSETS: usize = 100;
 const KID_SUBSET_SIZE: usize = 1000;
@@ -436,8 +431,8 @@ pub fn inception_features(
     let bar = indicatif::ProgressBar::new(images.n as u64)
         .with_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
     let mut out = Vec::with_capacity(images.n * FEATURES);
-    for start in (0..images.n).step_by(INCEPTION_BATCH) {
-        let count = INCEPTION_BATCH.min(images.n - start);
+    for start in (0..images.n).step_by(crate::inception::BATCH) {
+        let count = crate::inception::BATCH.min(images.n - start);
         let values = images.values[start * per..(start + count) * per].to_vec();
         let shape = [count, images.channels, images.size, images.size];
         let x = Tensor::<4>::from_data(TensorData::new(values, shape), device) / 255.0;

@@ -320,6 +320,11 @@ pub fn images_per_pass(threads: usize) -> usize {
     (IMAGES_PER_PASS / threads).max(1) * threads
 }
 
+/// Images per [`InceptionV3::forward`] when extracting features (`eval`, the benchmark's
+/// example): whole passes of [`images_per_pass`] at 1, 2 and 4 threads (5 or 4 images), so
+/// that no pass of one image runs at the end of every batch.
+pub const BATCH: usize = 20;
+
 /// pytorch-fid's FID Inception, images -> pool3 features. Field names are torchvision's
 /// (`Conv2d_1a_3x3` -> `conv2d_1a_3x3`), so that its state dict loads by name.
 #[derive(Module, Debug)]
