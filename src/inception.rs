@@ -451,7 +451,8 @@ impl InceptionV3 {
     /// (Flex) each of rayon's threads takes an equal share of the batch and runs it alone, in
     /// passes of [`images_per_pass`] images. The per-layer parallelism this replaces (every
     /// layer split over the threads, with the serial work between layers, allocation, BatchNorm
-    /// folding and concatenation, on one) scaled 1.6x from one thread to two; this about 2.2x on a 2-core Sapphire Rapids (README).
+    /// folding and concatenation, on one) scaled 1.6-1.8x from one thread to two; the shares
+    /// scale about 2.2x on a 2-core Sapphire Rapids (README).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let [batch, ..] = x.dims();
         let threads = rayon::current_num_threads();
