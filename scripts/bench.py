@@ -8,7 +8,13 @@ batch assembly included, first iterations left out as warm-up), the ratio ours/P
 the peak resident memory (RSS) of each process.
 
     scripts/bench.py [--sizes 32 64] [--kinds sn gp gp1 clip none] [--iters 3] [--warmup 1]
-                     [--threads 2] [--data data/fashion-mnist] [--no-convs]
+                     [--threads 2] [--data data/fashion-mnist] [--no-convs] [--repeats 1]
+
+With --repeats R each pair runs R times in the order ours, PyTorch, PyTorch, ours, ours, ...
+(so that a slow spell of the machine falls on both), and the table gives each side's median
+over the repeats, the ratio of those medians and the range of the R pairwise ratios: on a
+shared VM whole processes run 10-20% slower or faster than the next, so one pair is not a
+measurement there.
 
 Then, per size, the convolutions of one generator iteration alone (no linear layers,
 normalization, activations or optimizer), ours (`cargo bench --bench conv -- --iteration SIZE`)
@@ -108,12 +114,16 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--data", default=os.path.join(ROOT, "data", "fashion-mnist"))
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each pair, alternating which goes first (medians reported)")
     p.add_argument("--no-convs", action="store_true",
                    help="leave out the convolutions-alone timings")
     p.add_argument("--binary", default=None,
                    help="a wgan-train binary to time as it is (default: a release build, made "
                         "or brought up to date in the target folder that already holds one)")
     a = p.parse_args()
+    if a.repeats < 1:
+        sys.exit(f"error: --repeats {a.repeats}: give at least 1")
     if not os.path.exists(PEER):
         sys.exit(f"error: the PyTorch peer {PEER} is missing")
     target = target_dir()
@@ -129,17 +139,33 @@ def main():
     with tempfile.TemporaryDirectory() as out:
         for size in a.sizes:
             for kind in a.kinds:
-                s_ours, m_ours = ours(binary, kind, size, a.channels, a, out)
-                s_peer, m_peer = peer(kind, size, a.channels, a)
-                rows.append((size, kind, s_ours, s_peer, m_ours, m_peer))
-                print(f"  {size} {kind}: ours {s_ours:.2f} s, pytorch {s_peer:.2f} s", file=sys.stderr)
+                pairs = []
+                for r in range(a.repeats):
+                    first_ours = r % 2 == 0
+                    run_ours = lambda: ours(binary, kind, size, a.channels, a, out)
+                    run_peer = lambda: peer(kind, size, a.channels, a)
+                    if first_ours:
+                        (s_ours, m_ours), (s_peer, m_peer) = run_ours(), run_peer()
+                    else:
+                        (s_peer, m_peer), (s_ours, m_ours) = run_peer(), run_ours()
+                    pairs.append((s_ours, s_peer, m_ours, m_peer))
+                    print(f"  {size} {kind}: ours {s_ours:.2f} s, pytorch {s_peer:.2f} s "
+                          f"({s_ours / s_peer:.2f})", file=sys.stderr)
+                rows.append((size, kind,
+                             statistics.median(p[0] for p in pairs),
+                             statistics.median(p[1] for p in pairs),
+                             max(p[2] for p in pairs), max(p[3] for p in pairs),
+                             [p[0] / p[1] for p in pairs]))
     convs = {} if a.no_convs else {size: convs_only(size, a, target) for size in a.sizes}
     print(f"batch 64, n_critic 5, {a.channels} channels, {a.threads} threads, median of {a.iters} "
-          f"generator iterations after {a.warmup} warm-up")
+          f"generator iterations after {a.warmup} warm-up"
+          + (f"; median over {a.repeats} alternating runs each" if a.repeats > 1 else ""))
+    spread = a.repeats > 1
     print(f"{'size':>4} {'kind':<5} {'ours s/it':>9} {'torch s/it':>10} {'ours/torch':>10} "
-          f"{'ours MiB':>8} {'torch MiB':>9}")
-    for size, kind, so, sp, mo, mp in rows:
-        print(f"{size:>4} {kind:<5} {so:>9.2f} {sp:>10.2f} {so / sp:>10.2f} {mo:>8.0f} {mp:>9.0f}")
+          f"{'ours MiB':>8} {'torch MiB':>9}" + (f" {'pair ratios':>11}" if spread else ""))
+    for size, kind, so, sp, mo, mp, ratios in rows:
+        print(f"{size:>4} {kind:<5} {so:>9.2f} {sp:>10.2f} {so / sp:>10.2f} {mo:>8.0f} {mp:>9.0f}"
+              + (f" {min(ratios):.2f}-{max(ratios):.2f}" if spread else ""))
     for size in a.sizes:
         by = {k: so for s, k, so, *_ in rows if s == size}
         parts = []
