@@ -102,7 +102,9 @@ pub struct Mapped {
 }
 
 /// Maps the cache file at `path` if it exists and is whole (its length matches its header);
-/// `None` when there is none. A damaged file is an error naming it.
+/// `None` when there is none. A damaged file (its header unreadable, foreign, or its length
+/// not the header's) is an error naming it; the pixels themselves are not checked (that would
+/// read the whole file on every start).
 pub fn read(path: &Path) -> Result<Option<Mapped>> {
     let Ok(file) = std::fs::File::open(path) else {
         return Ok(None);
@@ -114,7 +116,7 @@ pub fn read(path: &Path) -> Result<Option<Mapped>> {
         .with_context(|| format!("cannot map the image cache {}", path.display()))?;
     let damaged = || {
         format!(
-            "the image cache {} is damaged: delete it (it is rebuilt on the next run)",
+            "the image cache {} is damaged (truncated, or not written by this version)",
             path.display()
         )
     };

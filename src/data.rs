@@ -106,7 +106,9 @@ impl ImageSet {
 
     /// Like [`load`](Self::load), through the decoded-image cache in `cache_dir`: maps the
     /// cache file of this folder and preparation when there is one (no decoding), else decodes
-    /// and writes it. A cache that cannot be written is reported and training goes on.
+    /// and writes it. A damaged cache file (truncated, a foreign header) is reported in one
+    /// warning, decoded again and replaced; a cache that cannot be written is reported and
+    /// training goes on.
     pub fn load_cached(
         dir: &Path,
         prep: Preprocess,
@@ -119,7 +121,13 @@ impl ImageSet {
             &files,
             (prep.size, prep.channels, prep.crop),
         )?;
-        if let Some(mapped) = cache::read(&path)? {
+        let mapped = cache::read(&path).unwrap_or_else(|e| {
+            // Never trained on: decoded again below and replaced (written under a temporary
+            // name, then renamed over it).
+            eprintln!("warning: {e:#}; decoding the images again and replacing it");
+            None
+        });
+        if let Some(mapped) = mapped {
             let h = &mapped.header;
             let skipped = Skipped {
                 count: h.skipped,
@@ -606,7 +614,8 @@ mod tests {
     }
 
     /// The cache maps exactly what decoding gives; a second load maps it without decoding; a
-    /// changed file gives another cache file; a damaged cache file is an error naming it.
+    /// changed file gives another cache file; a damaged cache file is decoded again and
+    /// replaced, never read.
     #[test]
     fn the_cache_maps_what_decoding_gives_and_follows_changes_to_the_files() {
         let tmp = tempfile::tempdir().unwrap();
@@ -653,19 +662,28 @@ mod tests {
             "{used:?}"
         );
         assert_ne!(changed.image(2), decoded.image(2));
-        // A damaged cache file is named, not read.
+        // A damaged cache file (truncated by one byte, or its header overwritten) is decoded
+        // again and replaced; the next load maps the new file.
         let Some(CacheUse::Written(newest)) = used else {
             unreachable!()
         };
-        let bytes = std::fs::read(&newest).unwrap();
-        std::fs::write(&newest, &bytes[..bytes.len() - 1]).unwrap();
-        let err = format!(
-            "{:#}",
-            ImageSet::load_cached(&dir, p, &cache_dir).unwrap_err()
-        );
-        assert!(
-            err.contains("damaged") && err.contains(&newest.display().to_string()),
-            "{err}"
-        );
+        let good = std::fs::read(&newest).unwrap();
+        let truncated = good[..good.len() - 1].to_vec();
+        let mut foreign = good.clone();
+        foreign[..8].copy_from_slice(b"{\"x\":1}\n");
+        for damaged in [truncated, foreign] {
+            std::fs::write(&newest, &damaged).unwrap();
+            assert!(cache::read(&newest).is_err(), "the damage is seen");
+            let (rebuilt, _, used) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
+            assert_eq!(used, Some(CacheUse::Written(newest.clone())));
+            assert!(format!("{:?}", rebuilt.pixels).contains("in memory"));
+            assert_eq!(rebuilt.image(2), changed.image(2));
+            assert_eq!(std::fs::read(&newest).unwrap(), good, "replaced whole");
+            let (again, _, used) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
+            assert_eq!(used, Some(CacheUse::Hit(newest.clone())));
+            for i in 0..5 {
+                assert_eq!(again.image(i), changed.image(i));
+            }
+        }
     }
 }

@@ -225,7 +225,8 @@ fn a_relative_data_dir_is_recorded_absolute_and_runs_work_from_anywhere() {
 }
 
 /// The second run on the same folder maps the decoded-image cache that the first wrote (in
-/// the folder `WGAN_TRAIN_CACHE_DIR` names); `data.cache = false` writes none.
+/// the folder `WGAN_TRAIN_CACHE_DIR` names); `data.cache = false` writes none; a damaged
+/// cache file is decoded again and replaced with one warning.
 #[test]
 fn the_second_run_maps_the_decoded_image_cache_and_the_key_turns_it_off() {
     let (tmp, config) = setup(5);
@@ -260,4 +261,29 @@ fn the_second_run_maps_the_decoded_image_cache_and_the_key_turns_it_off() {
     };
     assert_eq!(losses("a"), losses("b"), "cached images train the same");
     assert_eq!(losses("off"), losses("b"));
+    // A truncated cache file: one warning naming it, the images decoded again (never the
+    // damaged bytes), the file replaced, and the next run maps it again.
+    let file = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let whole = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &whole[..whole.len() / 2]).unwrap();
+    let third = train("c", &[]);
+    let warnings: Vec<&str> = third.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{third}");
+    assert!(
+        warnings[0].contains("damaged") && warnings[0].contains(&file.display().to_string()),
+        "{third}"
+    );
+    assert!(third.contains("decoded in"), "{third}");
+    assert_eq!(losses("c"), losses("off"), "trained on the decoded images");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        whole,
+        "the cache file replaced whole"
+    );
+    assert!(train("d", &[]).contains("from the cache"));
 }
