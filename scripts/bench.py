@@ -139,12 +139,11 @@ def main():
     with tempfile.TemporaryDirectory() as out:
         for size in a.sizes:
             for kind in a.kinds:
+                run_ours = lambda: ours(binary, kind, size, a.channels, a, out)
+                run_peer = lambda: peer(kind, size, a.channels, a)
                 pairs = []
                 for r in range(a.repeats):
-                    first_ours = r % 2 == 0
-                    run_ours = lambda: ours(binary, kind, size, a.channels, a, out)
-                    run_peer = lambda: peer(kind, size, a.channels, a)
-                    if first_ours:
+                    if r % 2 == 0:
                         (s_ours, m_ours), (s_peer, m_peer) = run_ours(), run_peer()
                     else:
                         (s_peer, m_peer), (s_ours, m_ours) = run_peer(), run_ours()

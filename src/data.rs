@@ -615,8 +615,7 @@ mod tests {
 
     /// The cache maps exactly what decoding gives; a second load maps it without decoding; a
     /// changed, added or touched file gives another cache file (a removal the one before the
-    /// addition); a damaged cache file is decoded again and
-    /// replaced, never read.
+    /// addition); a damaged cache file is decoded again and replaced, never read.
     #[test]
     fn the_cache_maps_what_decoding_gives_and_follows_changes_to_the_files() {
         let tmp = tempfile::tempdir().unwrap();
@@ -666,20 +665,19 @@ mod tests {
         // Adding a file, removing it again, touching one (same bytes, a new mtime): each is a
         // miss that decodes the folder as it now is; the state before the addition maps its
         // old file again.
-        let before = used.clone();
+        let Some(CacheUse::Written(changed_file)) = used else {
+            unreachable!()
+        };
         write(9, 90);
-        let (added, _, used_added) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
+        let (added, _, used) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
         assert!(
-            matches!(&used_added, Some(CacheUse::Written(q)) if Some(CacheUse::Written(q.clone())) != before),
-            "{used_added:?}"
+            matches!(&used, Some(CacheUse::Written(q)) if *q != changed_file),
+            "{used:?}"
         );
         assert_eq!(added.len(), 6);
         std::fs::remove_file(dir.join("img9.png")).unwrap();
-        let (removed, _, used_removed) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
-        let Some(CacheUse::Written(newest)) = &before else {
-            unreachable!()
-        };
-        assert_eq!(used_removed, Some(CacheUse::Hit(newest.clone())));
+        let (removed, _, used) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
+        assert_eq!(used, Some(CacheUse::Hit(changed_file.clone())));
         assert_eq!(removed.len(), 5);
         let touched = std::fs::File::options()
             .write(true)
@@ -687,17 +685,13 @@ mod tests {
             .unwrap();
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
         touched.set_modified(later).unwrap();
-        let (_, _, used_touched) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
-        assert!(
-            matches!(&used_touched, Some(CacheUse::Written(q)) if q != newest),
-            "{used_touched:?}"
-        );
-        let used = used_touched;
+        let (_, _, used) = ImageSet::load_cached(&dir, p, &cache_dir).unwrap();
+        let Some(CacheUse::Written(newest)) = used else {
+            panic!("touching a file is a miss: {used:?}")
+        };
+        assert_ne!(newest, changed_file);
         // A damaged cache file (truncated by one byte, or its header overwritten) is decoded
         // again and replaced; the next load maps the new file.
-        let Some(CacheUse::Written(newest)) = used else {
-            unreachable!()
-        };
         let good = std::fs::read(&newest).unwrap();
         let truncated = good[..good.len() - 1].to_vec();
         let mut foreign = good.clone();
