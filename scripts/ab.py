@@ -17,7 +17,6 @@ cargo overwrites the binary in place. Kinds: sn gp gp1 clip none sp. Standard li
 import argparse, importlib.util, os, statistics, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ["sn", "gp", "gp1", "clip", "none", "sp"]
 
 
 def load_bench():
@@ -25,16 +24,16 @@ def load_bench():
     spec = importlib.util.spec_from_file_location("bench", os.path.join(ROOT, "scripts", "bench.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.OUR_CONFIG.setdefault("sp", "sp")
     return bench
 
 
 def main():
+    bench = load_bench()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--a", required=True, help="the baseline binary")
     p.add_argument("--b", required=True, help="the changed binary")
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
-    p.add_argument("--kinds", nargs="+", default=["sn", "gp"], choices=KINDS)
+    p.add_argument("--kinds", nargs="+", default=["sn", "gp"], choices=list(bench.OUR_CONFIG))
     p.add_argument("--iters", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -47,10 +46,10 @@ def main():
     for key in ("iters", "rounds", "threads"):
         if getattr(a, key) < 1:
             sys.exit(f"error: --{key} {getattr(a, key)} must be at least 1")
-    bench = load_bench()
     settings = argparse.Namespace(data=a.data, warmup=1, iters=a.iters, threads=a.threads,
                                   channels=3)
     out = tempfile.mkdtemp(prefix="wgan-ab-")
+    runs = lambda times: " ".join(f"{t:.3f}" for t in times)
     print(f"A = {a.a}\nB = {a.b}\n{a.threads} threads, median of {a.iters} generator iterations "
           f"after 1 warm-up, {a.rounds} rounds in alternating order", flush=True)
     print("size kind  A s/it  B s/it   B/A  A runs / B runs", flush=True)
@@ -59,10 +58,10 @@ def main():
             times = {"a": [], "b": []}
             for r in range(a.rounds):
                 for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
-                    secs, _ = bench.ours(getattr(a, side), kind, size, 3, settings, out)
+                    secs, _ = bench.ours(getattr(a, side), kind, size, settings.channels, settings,
+                                         out)
                     times[side].append(secs)
             ma, mb = statistics.median(times["a"]), statistics.median(times["b"])
-            runs = lambda v: " ".join(f"{t:.3f}" for t in v)
             print(f"{size:4} {kind:5} {ma:6.3f} {mb:7.3f} {mb / ma:5.3f}  "
                   f"{runs(times['a'])} / {runs(times['b'])}", flush=True)
 
