@@ -332,7 +332,12 @@ fn add_shifted(
 }
 
 /// `f(i, chunk)` for the `size`-element chunks of `data`, in parallel when `inside`.
-fn each_chunk(data: &mut [f32], size: usize, inside: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
+pub(crate) fn each_chunk(
+    data: &mut [f32],
+    size: usize,
+    inside: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
     if inside {
         data.par_chunks_mut(size)
             .enumerate()
@@ -499,6 +504,19 @@ pub fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// its kernel). A 1x1 stride-1 convolution without padding skips im2col: its column matrix is
 /// the images' channels side by side.
 pub fn forward_fused(g: &Geometry, x: &[f32], w: &[f32], shift: Option<&[f32]>) -> Vec<f32> {
+    if crate::winograd::applies(g) {
+        return crate::winograd::forward(g, x, w, shift);
+    }
+    forward_fused_im2col(g, x, w, shift)
+}
+
+/// [`forward_fused`] through im2col / col2im and one product per chunk (any geometry).
+pub(crate) fn forward_fused_im2col(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    shift: Option<&[f32]>,
+) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad_h == 0 && g.pad_w == 0;
     let mut y = vec![0.0; g.batch * g.c_out * p];
@@ -535,6 +553,14 @@ pub fn forward_fused(g: &Geometry, x: &[f32], w: &[f32], shift: Option<&[f32]>) 
 /// The input gradient (the adjoint of [`forward`], a transposed convolution):
 /// `dy [B, c_out, oh, ow]`, `w [c_out, c_in, kh, kw]` -> `[B, c_in, h, w]`.
 pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if crate::winograd::applies(g) {
+        return crate::winograd::backward_data(g, dy, w);
+    }
+    backward_data_im2col(g, dy, w)
+}
+
+/// [`backward_data`] through im2col / col2im and one product per chunk (any geometry).
+pub(crate) fn backward_data_im2col(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     let hw = g.h * g.w;
     let mut dx = vec![0.0; g.batch * g.c_in * hw];
@@ -553,6 +579,14 @@ pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// The kernel gradient: `x [B, c_in, h, w]`, `dy [B, c_out, oh, ow]` -> `[c_out, c_in, kh, kw]`.
 pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if crate::winograd::applies(g) {
+        return crate::winograd::backward_weight(g, x, dy);
+    }
+    backward_weight_im2col(g, x, dy)
+}
+
+/// [`backward_weight`] through im2col / col2im and one product per chunk (any geometry).
+pub(crate) fn backward_weight_im2col(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     // dw^T [rows, c_out] += cols [rows, n*p] grad^T [n*p, c_out] for chunk b0..b0+n: 1.3-2.3x
     // faster with the gemm crate than dw = grad cols^T (both operands then run along the long
@@ -1118,9 +1152,10 @@ mod tests {
 
     /// The critic's and generator's 4x4/2/1 layers, odd sizes, stride 1 and 3, padding 0 and 2,
     /// 1x1 kernels, the FID Inception's 1x7/7x1 and 1x3/3x1 kernels with their one-sided
-    /// paddings, a rectangular kernel at stride 2, and a batch of 20 images of 1 MiB columns
+    /// paddings, a rectangular kernel at stride 2, two 4x4/2/1 layers with channels for the
+    /// Winograd path (one of them rectangular), and a batch of 20 images of 1 MiB columns
     /// each, which the 2 MiB chunks split in ten (last: the test of the chunks reads it).
-    const CASES: [Case; 13] = [
+    const CASES: [Case; 15] = [
         (3, 3, 16, 16, 8, [4, 4], 2, [1, 1]),
         (2, 8, 8, 8, 16, [4, 4], 2, [1, 1]),
         (2, 5, 7, 9, 3, [3, 3], 1, [1, 1]),
@@ -1133,6 +1168,8 @@ mod tests {
         (2, 6, 4, 5, 3, [1, 3], 1, [0, 1]),
         (2, 6, 5, 4, 3, [3, 1], 1, [1, 0]),
         (2, 3, 9, 8, 4, [3, 2], 2, [1, 0]),
+        (3, 16, 8, 8, 16, [4, 4], 2, [1, 1]),
+        (2, 32, 16, 12, 48, [4, 4], 2, [1, 1]),
         (20, 64, 32, 32, 4, [4, 4], 2, [1, 1]),
     ];
 
@@ -1219,7 +1256,10 @@ mod tests {
                 .enumerate()
                 .map(|(i, v)| (v + shift[(i / p) % g.c_out]).max(0.0))
                 .collect();
-            assert!(expected.iter().any(|&v| v == 0.0) && expected.iter().any(|&v| v > 0.0));
+            assert!(
+                expected.iter().any(|&v| v == 0.0) && expected.iter().any(|&v| v > 0.0),
+                "{g:?}"
+            );
             let err = max_abs_diff(&forward_fused(&g, &x, &w, Some(&shift)), &expected);
             assert!(err < 1e-4, "{g:?}: {err}");
         }
@@ -1300,6 +1340,7 @@ mod tests {
             "conv::tests::forward_equals_the_definition",
             "conv::tests::gradients_are_the_adjoints_of_the_forward_convolution",
             "conv::tests::fused_shift_relu_equals_the_definition",
+            "winograd::tests::winograd_equals_the_im2col_convolution_and_its_gradients",
         ] {
             crate::testing::under_emulated_cpus(name, &[]);
         }

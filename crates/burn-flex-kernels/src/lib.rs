@@ -29,6 +29,7 @@ pub mod norm;
 pub mod pool;
 #[doc(hidden)]
 pub mod testing;
+mod winograd;
 
 /// Tensor buffers of up to tens of MiB are freed and allocated again every step. By default
 /// glibc's malloc serves them with mmap and munmap (and trims its heap above 128 KiB), so every

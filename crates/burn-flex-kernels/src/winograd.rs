@@ -1,0 +1,799 @@
+//! The DCGAN convolution (4x4 kernel, stride 2, padding 1) with Winograd's minimal filtering
+//! F(2x2, 2x2): 9 multiplications per 2x2 output tile and stride phase instead of 16, so the
+//! matrix products of the forward pass and of both gradients do 9/16 of the im2col products'
+//! work.
+//!
+//! A stride-2 4x4 convolution is the sum over the four stride phases `(φ, ψ)` of the padded
+//! input, `Q_φψ[u, v] = x_pad[2u + φ, 2v + ψ]`, of stride-1 2x2 correlations with the
+//! sub-kernels `g_φψ[a, b] = W[2a + φ, 2b + ψ]`. Each output tile `y[2s..2s+2, 2t..2t+2]`
+//! reads the 3x3 window `d = Q_φψ[2s..2s+3, 2t..2t+3]` of each phase, and (Lavin & Gray 2016)
+//!
+//! `y_tile = A^T [ sum over c, φψ of (G g G^T) ⊙ (B^T d B) ] A`
+//!
+//! with `B^T = [[1,-1,0],[0,1,0],[0,-1,1]]`, `G = [[1,0],[1,1],[0,1]]`, `A^T = [[1,1,0],[0,1,1]]`
+//! (only additions and subtractions: the rounding stays that of a direct sum). The sum over
+//! channels and phases is, for each of the 9 transformed points `ξ`, one matrix product
+//! `M_ξ [c_out, tiles] = U_ξ [c_out, 4 c_in] V_ξ [4 c_in, tiles]`. Both gradients are its
+//! adjoints, made of the same transforms run backwards:
+//!
+//! - input gradient: `Z = A dY A^T` per tile, `dV_ξ = U_ξ^T Z_ξ`, then `B dV B^T` added
+//!   back onto the overlapping windows;
+//! - kernel gradient: `dU_ξ = Z_ξ V_ξ^T` summed over the batch, then `dW = G^T dU G`.
+//!
+//! The transforms are separable: the input's columns are transformed first, each row into
+//! six runs over the tile columns (a row's stride-4 columns), stored by row modulo 4 so that
+//! the row transform then reads and writes contiguous runs over all tiles of an image.
+//!
+//! Written by hand: no crate offers Winograd convolutions for this shape.
+
+use crate::conv::{Geometry, each_chunk};
+use rayon::prelude::*;
+
+/// Bytes of one chunk's transformed input and product (`V` and `M`, or `V` and `Z`)...
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// ...but at least this many tiles per chunk: each product packs its `U_ξ` (up to 2 MiB) once
+/// per chunk, so small images need more of them per chunk. `benches/conv.rs --iteration`, 2
+/// threads, Zen 4, two runs each: 0 tiles 0.55 / 3.21 s (32x32 / 64x64), 256 0.55-0.61 /
+/// 3.11-3.13, 512 0.51-0.59 / 2.80-2.86, 1024 0.55 / 2.93.
+const MIN_COLUMNS: usize = 512;
+
+/// Whether `g` is a 4x4, stride-2, padding-1 convolution with an even output tiling
+/// (`h = 2 oh`, `w = 2 ow`, `oh` and `ow` even) and channels in and out that are multiples
+/// of 16 (the transforms' vector width; the critic's first layer with 3 input channels and
+/// the generator's last with 3 outputs take the im2col path), and the path is not switched off (`BURN_FLEX_KERNELS_WINOGRAD=0`).
+pub(crate) fn applies(g: &Geometry) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| {
+        std::env::var("BURN_FLEX_KERNELS_WINOGRAD").map_or(true, |v| v.trim() != "0")
+    });
+    enabled && shape_fits(g)
+}
+
+/// [`applies`] without the switch.
+pub(crate) fn shape_fits(g: &Geometry) -> bool {
+    g.kh == 4
+        && g.kw == 4
+        && g.stride == 2
+        && g.pad_h == 1
+        && g.pad_w == 1
+        && g.h == 2 * g.oh
+        && g.w == 2 * g.ow
+        && g.oh % 2 == 0
+        && g.ow % 2 == 0
+        && g.oh > 0
+        && g.ow > 0
+        && g.c_in % L == 0
+        && g.c_out % L == 0
+}
+
+/// The tiling of one image: `th x tw` output tiles of 2x2.
+#[derive(Clone, Copy)]
+struct Tiles {
+    th: usize,
+    tw: usize,
+}
+
+impl Tiles {
+    fn of(g: &Geometry) -> Self {
+        Tiles {
+            th: g.oh / 2,
+            tw: g.ow / 2,
+        }
+    }
+
+    /// Tiles per image.
+    fn count(&self) -> usize {
+        self.th * self.tw
+    }
+}
+
+/// Channels per vector: every transform works on 16 channels at once (one AVX-512 register,
+/// two AVX2 or four SSE registers), so that its cost does not grow as images get small.
+const L: usize = 16;
+
+/// 16 channels of one position.
+type Lane = [f32; L];
+
+#[inline(always)]
+fn add(a: Lane, b: Lane) -> Lane {
+    let mut r = a;
+    for i in 0..L {
+        r[i] += b[i];
+    }
+    r
+}
+
+#[inline(always)]
+fn sub(a: Lane, b: Lane) -> Lane {
+    let mut r = a;
+    for i in 0..L {
+        r[i] -= b[i];
+    }
+    r
+}
+
+#[inline(always)]
+fn load(s: &[f32]) -> Lane {
+    s[..L].try_into().expect("16 lanes")
+}
+
+#[inline(always)]
+fn store(d: &mut [f32], v: Lane) {
+    d[..L].copy_from_slice(&v);
+}
+
+/// `B^T d`: `(d0 - d1, d1, d2 - d1)`.
+#[inline(always)]
+fn bt(d: [Lane; 3]) -> [Lane; 3] {
+    [sub(d[0], d[1]), d[1], sub(d[2], d[1])]
+}
+
+/// `B v`, the adjoint of [`bt`]: `(v0, v1 - v0 - v2, v2)`.
+#[inline(always)]
+fn b(v: [Lane; 3]) -> [Lane; 3] {
+    [v[0], sub(sub(v[1], v[0]), v[2]), v[2]]
+}
+
+/// `A^T m`: `(m0 + m1, m1 + m2)`.
+#[inline(always)]
+fn at(m: [Lane; 3]) -> [Lane; 2] {
+    [add(m[0], m[1]), add(m[1], m[2])]
+}
+
+/// `A y` (and `G g`), the adjoint of [`at`]: `(y0, y0 + y1, y1)`.
+#[inline(always)]
+fn a(y: [Lane; 2]) -> [Lane; 3] {
+    [y[0], add(y[0], y[1]), y[1]]
+}
+
+/// Images per chunk.
+fn chunk(g: &Geometry) -> usize {
+    let t = Tiles::of(g).count();
+    let per_image = (36 * g.c_in + 9 * g.c_out) * t * 4;
+    (CHUNK_BYTES / per_image.max(1))
+        .max(MIN_COLUMNS.div_ceil(t))
+        .clamp(1, g.batch.max(1))
+}
+
+/// Whether chunks run one after the other, each parallel inside (fewer than two per thread).
+fn inside_parallel(g: &Geometry) -> bool {
+    let threads = rayon::current_num_threads();
+    threads > 1 && g.batch.div_ceil(chunk(g)) < 2 * threads
+}
+
+/// Defines `fn $name(args)` that runs `$body` compiled for the widest vector level of this
+/// CPU (AVX-512, AVX2, else the build's baseline), chosen at run time as the gemm crate does:
+/// the transforms' 16-lane operations then take one AVX-512 or two AVX2 instructions instead
+/// of four SSE ones.
+macro_rules! widest {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn inner($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($a: $t),*) {
+                    inner($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($a: $t),*) {
+                    inner($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: this CPU has AVX-512F.
+                    return unsafe { avx512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: this CPU has AVX2 and FMA.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            inner($($a),*)
+        }
+    };
+}
+
+widest! {
+    /// One image of [`transform_input`]: its planes `[c_in][h][w]` -> its rows of `V`,
+    /// `[T][9 ξ][4 c_in]`.
+    fn input_image(g: &Geometry, planes: &[f32], rows: &mut [f32]) {
+        let k = Tiles::of(g);
+        let (kk, hw, wp) = (4 * g.c_in, g.h * g.w, g.w + 2);
+        // The padded image, 16 channels per position: [h + 2][w + 2][16].
+        let mut pad = vec![0.0f32; (g.h + 2) * wp * L];
+        let mut line = vec![0.0f32; g.w * L];
+        for cb in 0..g.c_in / L {
+            let planes = &planes[cb * L * hw..][..L * hw];
+            for i in 0..g.h {
+                for (l, plane) in planes.chunks_exact(hw).enumerate() {
+                    let src = &plane[i * g.w..][..g.w];
+                    for (d, v) in line[l..].iter_mut().step_by(L).zip(src) {
+                        *d = *v;
+                    }
+                }
+                pad[((i + 1) * wp + 1) * L..][..g.w * L].copy_from_slice(&line);
+            }
+            for (tile, row) in rows.chunks_exact_mut(9 * kk).enumerate() {
+                let (s, tt) = (tile / k.tw, tile % k.tw);
+                // Macros, not closures: a closure is compiled without the caller's target
+                // features and called, not inlined.
+                macro_rules! patch {
+                    ($e:expr, $f:expr) => {
+                        load(&pad[((4 * s + $e) * wp + 4 * tt + $f) * L..])
+                    };
+                }
+                for phi in 0..2 {
+                    for psi in 0..2 {
+                        let col = (phi * 2 + psi) * g.c_in + cb * L;
+                        // Columns first: cols[α] = B^T d[α][.]; then rows: B^T cols[.][β].
+                        macro_rules! col_of {
+                            ($e:expr) => {
+                                bt([patch!($e, psi), patch!($e, 2 + psi), patch!($e, 4 + psi)])
+                            };
+                        }
+                        let cols = [col_of!(phi), col_of!(2 + phi), col_of!(4 + phi)];
+                        for beta in 0..3 {
+                            let out = bt([cols[0][beta], cols[1][beta], cols[2][beta]]);
+                            for (alpha, o) in out.into_iter().enumerate() {
+                                store(&mut row[(alpha * 3 + beta) * kk + col..], o);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+widest! {
+    /// One image of [`transform_input_adjoint`]: its rows of `dV` -> its planes of `dx`.
+    fn input_adjoint_image(g: &Geometry, rows: &[f32], image: &mut [f32]) {
+        let k = Tiles::of(g);
+        let (kk, hw, wp) = (4 * g.c_in, g.h * g.w, g.w + 2);
+        let mut pad = vec![0.0f32; (g.h + 2) * wp * L];
+        for cb in 0..g.c_in / L {
+            pad.fill(0.0);
+            for (tile, row) in rows.chunks_exact(9 * kk).enumerate() {
+                let (s, tt) = (tile / k.tw, tile % k.tw);
+                for phi in 0..2 {
+                    for psi in 0..2 {
+                        let col = (phi * 2 + psi) * g.c_in + cb * L;
+                        macro_rules! d {
+                            ($alpha:expr, $beta:expr) => {
+                                load(&row[($alpha * 3 + $beta) * kk + col..])
+                            };
+                        }
+                        // The forward's two passes backwards: rows, then columns.
+                        macro_rules! dcol {
+                            ($beta:expr) => {
+                                b([d!(0, $beta), d!(1, $beta), d!(2, $beta)])
+                            };
+                        }
+                        let dcols = [dcol!(0), dcol!(1), dcol!(2)];
+                        for alpha in 0..3 {
+                            let dd = b([dcols[0][alpha], dcols[1][alpha], dcols[2][alpha]]);
+                            let e = 2 * alpha + phi;
+                            for (beta, v) in dd.into_iter().enumerate() {
+                                let at = ((4 * s + e) * wp + 4 * tt + 2 * beta + psi) * L;
+                                let cell = &mut pad[at..at + L];
+                                store(cell, add(load(cell), v));
+                            }
+                        }
+                    }
+                }
+            }
+            let planes = &mut image[cb * L * hw..][..L * hw];
+            for (l, plane) in planes.chunks_exact_mut(hw).enumerate() {
+                for (i, dst) in plane.chunks_exact_mut(g.w).enumerate() {
+                    let src = &pad[((i + 1) * wp + 1) * L + l..][..(g.w - 1) * L + 1];
+                    for (d, v) in dst.iter_mut().zip(src.iter().step_by(L)) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+widest! {
+    /// One image of [`transform_output_adjoint`]: its planes of `dy` -> its rows of `Z`.
+    fn output_adjoint_image(g: &Geometry, planes: &[f32], rows: &mut [f32]) {
+        let k = Tiles::of(g);
+        let (p, o_all) = (g.oh * g.ow, g.c_out);
+        let mut lanes = vec![0.0f32; p * L];
+        for ob in 0..o_all / L {
+            let planes = &planes[ob * L * p..][..L * p];
+            for (l, plane) in planes.chunks_exact(p).enumerate() {
+                for (d, v) in lanes[l..].iter_mut().step_by(L).zip(plane) {
+                    *d = *v;
+                }
+            }
+            for (tile, row) in rows.chunks_exact_mut(9 * o_all).enumerate() {
+                let (s, tt) = (tile / k.tw, tile % k.tw);
+                macro_rules! y {
+                    ($i:expr, $j:expr) => {
+                        load(&lanes[((2 * s + $i) * g.ow + 2 * tt + $j) * L..])
+                    };
+                }
+                let r = [a([y!(0, 0), y!(0, 1)]), a([y!(1, 0), y!(1, 1)])];
+                for beta in 0..3 {
+                    for (alpha, v) in a([r[0][beta], r[1][beta]]).into_iter().enumerate() {
+                        store(&mut row[(alpha * 3 + beta) * o_all + ob * L..], v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+widest! {
+    /// One image of [`transform_output`]: its rows of `M` -> its planes of `y`.
+    fn output_image(g: &Geometry, rows: &[f32], image: &mut [f32], shift: Option<&[f32]>) {
+        let k = Tiles::of(g);
+        let (p, o_all) = (g.oh * g.ow, g.c_out);
+        let mut lanes = vec![0.0f32; p * L];
+        for ob in 0..o_all / L {
+            let add_relu = shift.map(|s| load(&s[ob * L..]));
+            for (tile, row) in rows.chunks_exact(9 * o_all).enumerate() {
+                let (s, tt) = (tile / k.tw, tile % k.tw);
+                macro_rules! row_of {
+                    ($al:expr) => {
+                        at([
+                            load(&row[3 * $al * o_all + ob * L..]),
+                            load(&row[(3 * $al + 1) * o_all + ob * L..]),
+                            load(&row[(3 * $al + 2) * o_all + ob * L..]),
+                        ])
+                    };
+                }
+                let r = [row_of!(0), row_of!(1), row_of!(2)];
+                for j in 0..2 {
+                    for (i, mut v) in at([r[0][j], r[1][j], r[2][j]]).into_iter().enumerate() {
+                        if let Some(sh) = add_relu {
+                            for l in 0..L {
+                                v[l] = (v[l] + sh[l]).max(0.0);
+                            }
+                        }
+                        store(&mut lanes[((2 * s + i) * g.ow + 2 * tt + j) * L..], v);
+                    }
+                }
+            }
+            let planes = &mut image[ob * L * p..][..L * p];
+            for (l, plane) in planes.chunks_exact_mut(p).enumerate() {
+                for (d, v) in plane.iter_mut().zip(lanes[l..].iter().step_by(L)) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+}
+
+/// `V [n*T][9 ξ][4 c_in]` (`B^T d B` of every tile's 3x3 window of every stride phase, column
+/// `φψ * c_in + c`) of images `b0..b0+n` of `x [B, c_in, h, w]`.
+fn transform_input(g: &Geometry, x: &[f32], (b0, n): (usize, usize), v: &mut [f32], inside: bool) {
+    let (t, kk, hw) = (Tiles::of(g).count(), 4 * g.c_in, g.h * g.w);
+    each_chunk(&mut v[..n * t * 9 * kk], t * 9 * kk, inside, |bl, rows| {
+        input_image(g, &x[(b0 + bl) * g.c_in * hw..][..g.c_in * hw], rows)
+    });
+}
+
+/// The adjoint of [`transform_input`]: `dv` (laid out as `V`) back onto images `b0..b0+n` of
+/// `dx`, whose planes `planes` (`[n, c_in, h, w]`) are overwritten.
+fn transform_input_adjoint(g: &Geometry, dv: &[f32], n: usize, planes: &mut [f32], inside: bool) {
+    let (t, kk, hw) = (Tiles::of(g).count(), 4 * g.c_in, g.h * g.w);
+    each_chunk(
+        &mut planes[..n * g.c_in * hw],
+        g.c_in * hw,
+        inside,
+        |bl, image| input_adjoint_image(g, &dv[bl * t * 9 * kk..][..t * 9 * kk], image),
+    );
+}
+
+/// `Z [n*T][9 ξ][c_out]` (`A dY A^T` per tile) of images `b0..b0+n` of `dy [B, c_out, oh, ow]`.
+fn transform_output_adjoint(
+    g: &Geometry,
+    dy: &[f32],
+    (b0, n): (usize, usize),
+    z: &mut [f32],
+    inside: bool,
+) {
+    let (t, p, o) = (Tiles::of(g).count(), g.oh * g.ow, g.c_out);
+    each_chunk(&mut z[..n * t * 9 * o], t * 9 * o, inside, |bl, rows| {
+        output_adjoint_image(g, &dy[(b0 + bl) * o * p..][..o * p], rows)
+    });
+}
+
+/// `y` planes (`[n, c_out, oh, ow]`, overwritten) from `M [n*T][9 ξ][c_out]`:
+/// `A^T M A` per tile, then `relu(y + shift[o])` when a shift is given.
+fn transform_output(
+    g: &Geometry,
+    m: &[f32],
+    n: usize,
+    planes: &mut [f32],
+    shift: Option<&[f32]>,
+    inside: bool,
+) {
+    let (t, p, o) = (Tiles::of(g).count(), g.oh * g.ow, g.c_out);
+    each_chunk(&mut planes[..n * o * p], o * p, inside, |bl, image| {
+        output_image(g, &m[bl * t * 9 * o..][..t * 9 * o], image, shift)
+    });
+}
+
+/// `U [c_out][9 ξ][4 c_in]` (`G g G^T` of every sub-kernel, column `φψ * c_in + c`) of
+/// `w [c_out, c_in, 4, 4]`.
+fn transform_kernel(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    let kk = 4 * g.c_in;
+    let mut u = vec![0.0f32; g.c_out * 9 * kk];
+    u.par_chunks_mut(9 * kk).enumerate().for_each(|(o, u)| {
+        for c in 0..g.c_in {
+            let kernel = &w[(o * g.c_in + c) * 16..][..16];
+            for phi in 0..2 {
+                for psi in 0..2 {
+                    let gv = |a: usize, b: usize| kernel[(2 * a + phi) * 4 + 2 * b + psi];
+                    // G g: rows (g0, g0 + g1, g1), then the same on the columns.
+                    let rows = [
+                        [gv(0, 0), gv(0, 1)],
+                        [gv(0, 0) + gv(1, 0), gv(0, 1) + gv(1, 1)],
+                        [gv(1, 0), gv(1, 1)],
+                    ];
+                    let col = (phi * 2 + psi) * g.c_in + c;
+                    for (alpha, r) in rows.iter().enumerate() {
+                        for (beta, v) in [r[0], r[0] + r[1], r[1]].into_iter().enumerate() {
+                            u[(alpha * 3 + beta) * kk + col] = v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    u
+}
+
+/// `dW [c_out, c_in, 4, 4]` from `dU^T [9 ξ][4 c_in][c_out]`: `G^T dU G` per sub-kernel.
+fn transform_kernel_adjoint(g: &Geometry, du_t: &[f32]) -> Vec<f32> {
+    let kk = 4 * g.c_in;
+    let mut dw = vec![0.0f32; g.c_out * g.c_in * 16];
+    dw.par_chunks_mut(g.c_in * 16)
+        .enumerate()
+        .for_each(|(o, out)| {
+            for c in 0..g.c_in {
+                for phi in 0..2 {
+                    for psi in 0..2 {
+                        let k = (phi * 2 + psi) * g.c_in + c;
+                        let d = |xi: usize| du_t[(xi * kk + k) * g.c_out + o];
+                        // G^T: (d0 + d1, d1 + d2) on rows, then on columns.
+                        let rows: [[f32; 3]; 2] = std::array::from_fn(|a| {
+                            std::array::from_fn(|beta| d(3 * a + beta) + d(3 * (a + 1) + beta))
+                        });
+                        for (a, r) in rows.iter().enumerate() {
+                            out[c * 16 + (2 * a + phi) * 4 + psi] = r[0] + r[1];
+                            out[c * 16 + (2 * a + phi) * 4 + 2 + psi] = r[1] + r[2];
+                        }
+                    }
+                }
+            }
+        });
+    dw
+}
+
+/// A strided matrix view: `(data, row stride, column stride)`.
+type View<'a> = (&'a [f32], usize, usize);
+
+/// `dst [m, n]` (a strided view) `= (accumulate ? dst : 0) + lhs [m, k] rhs [k, n]`.
+fn product(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, dst_cs): (&mut [f32], usize, usize),
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    inside: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last =
+        |(rs, cs): (usize, usize), rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last((dst_rs, dst_cs), m, n) < dst.len());
+    assert!(
+        k == 0
+            || (last((lhs.1, lhs.2), m, k) < lhs.0.len()
+                && last((rhs.1, rhs.2), k, n) < rhs.0.len())
+    );
+    let parallelism = if inside && m * n * k >= 1 << 21 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every access inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// A thread's transformed input (`V` or `dV`) and product / output transform (`M` or `Z`).
+#[derive(Default)]
+struct Scratch {
+    v: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl Scratch {
+    fn fit(&mut self, g: &Geometry) {
+        let width = chunk(g) * Tiles::of(g).count();
+        for (buffer, len) in [
+            (&mut self.v, 36 * g.c_in * width),
+            (&mut self.m, 9 * g.c_out * width),
+        ] {
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// `f(scratch fitted to g)` with this thread's scratch, or a fresh one when it is in use.
+fn with_scratch<R>(g: &Geometry, f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut fresh = Scratch::default();
+        let mut borrowed = cell.try_borrow_mut();
+        let s = match borrowed.as_deref_mut() {
+            Ok(s) => s,
+            Err(_) => &mut fresh,
+        };
+        s.fit(g);
+        f(s)
+    })
+}
+
+/// `f(first image, chunk of out, scratch, inside)` over the chunks of `out` (`per_image`
+/// elements per image), one after the other (parallel inside) or one per task.
+fn run_chunks(
+    g: &Geometry,
+    out: &mut [f32],
+    per_image: usize,
+    f: impl Fn(usize, &mut [f32], &mut Scratch, bool) + Sync,
+) {
+    let n = chunk(g);
+    if inside_parallel(g) {
+        with_scratch(g, |s| {
+            for (i, c) in out.chunks_mut(n * per_image).enumerate() {
+                f(i * n, c, s, true);
+            }
+        });
+    } else {
+        out.par_chunks_mut(n * per_image)
+            .enumerate()
+            .for_each(|(i, c)| with_scratch(g, |s| f(i * n, c, s, false)));
+    }
+}
+
+// Layouts: U [c_out][9][4 c_in], V and dV [n*T][9][4 c_in], M and Z [n*T][9][c_out], so
+// that the 9 products of a chunk read strided views: U_ξ [c_out, 4 c_in] (rows 9 * 4 c_in),
+// V_ξ [4 c_in, n*T] (columns 9 * 4 c_in), M_ξ and Z_ξ [c_out, n*T] (columns 9 * c_out).
+
+/// The forward convolution (see [`crate::conv::forward_fused`]), for [`applies`] geometries.
+pub(crate) fn forward(g: &Geometry, x: &[f32], w: &[f32], shift: Option<&[f32]>) -> Vec<f32> {
+    let (t, p, kk, o) = (Tiles::of(g).count(), g.oh * g.ow, 4 * g.c_in, g.c_out);
+    let u = transform_kernel(g, w);
+    let mut y = vec![0.0; g.batch * o * p];
+    run_chunks(g, &mut y, o * p, |b0, images, s, inside| {
+        let n = images.len() / (o * p);
+        let width = n * t;
+        transform_input(g, x, (b0, n), &mut s.v, inside);
+        for xi in 0..9 {
+            // M_ξ [c_out, n*T] = U_ξ [c_out, 4 c_in] V_ξ [4 c_in, n*T]
+            let lhs = (&u[xi * kk..], 9 * kk, 1);
+            let rhs = (&s.v[xi * kk..], 1, 9 * kk);
+            let dst = (&mut s.m[xi * o..], 1, 9 * o);
+            product((o, width, kk), dst, false, lhs, rhs, inside);
+        }
+        transform_output(g, &s.m, n, images, shift, inside);
+    });
+    y
+}
+
+/// The input gradient (see [`crate::conv::backward_data`]), for [`applies`] geometries.
+pub(crate) fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (t, hw, kk, o) = (Tiles::of(g).count(), g.h * g.w, 4 * g.c_in, g.c_out);
+    let u = transform_kernel(g, w);
+    let mut dx = vec![0.0; g.batch * g.c_in * hw];
+    run_chunks(g, &mut dx, g.c_in * hw, |b0, planes, s, inside| {
+        let n = planes.len() / (g.c_in * hw);
+        let width = n * t;
+        transform_output_adjoint(g, dy, (b0, n), &mut s.m, inside);
+        for xi in 0..9 {
+            // dV_ξ [4 c_in, n*T] = U_ξ^T [4 c_in, c_out] Z_ξ [c_out, n*T]
+            let lhs = (&u[xi * kk..], 1, 9 * kk);
+            let rhs = (&s.m[xi * o..], 1, 9 * o);
+            let dst = (&mut s.v[xi * kk..], 1, 9 * kk);
+            product((kk, width, o), dst, false, lhs, rhs, inside);
+        }
+        transform_input_adjoint(g, &s.v, n, planes, inside);
+    });
+    dx
+}
+
+/// The kernel gradient (see [`crate::conv::backward_weight`]), for [`applies`] geometries.
+pub(crate) fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (t, kk, o, n) = (Tiles::of(g).count(), 4 * g.c_in, g.c_out, chunk(g));
+    let size = 9 * kk * o;
+    // dU_ξ^T [4 c_in, c_out] += V_ξ [4 c_in, n*T] Z_ξ^T [n*T, c_out] for chunk b0..b0+n.
+    let add_chunk = |b0: usize, du_t: &mut [f32], s: &mut Scratch, first: bool, inside: bool| {
+        let n = n.min(g.batch - b0);
+        let width = n * t;
+        transform_input(g, x, (b0, n), &mut s.v, inside);
+        transform_output_adjoint(g, dy, (b0, n), &mut s.m, inside);
+        for xi in 0..9 {
+            let lhs = (&s.v[xi * kk..], 1, 9 * kk);
+            let rhs = (&s.m[xi * o..], 9 * o, 1);
+            let dst = (&mut du_t[xi * kk * o..], o, 1);
+            product((kk, o, width), dst, !first, lhs, rhs, inside);
+        }
+    };
+    let starts: Vec<usize> = (0..g.batch).step_by(n).collect();
+    let du_t = if inside_parallel(g) {
+        let mut du_t = vec![0.0; size];
+        with_scratch(g, |s| {
+            for (i, &b0) in starts.iter().enumerate() {
+                add_chunk(b0, &mut du_t, s, i == 0, true);
+            }
+        });
+        du_t
+    } else {
+        starts
+            .par_iter()
+            .fold(
+                || (vec![0.0; size], true),
+                |(mut du_t, first), &b0| {
+                    with_scratch(g, |s| add_chunk(b0, &mut du_t, s, first, false));
+                    (du_t, false)
+                },
+            )
+            .map(|(du_t, _)| du_t)
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+            .unwrap_or_else(|| vec![0.0; size])
+    };
+    transform_kernel_adjoint(g, &du_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::{
+        backward_data_im2col, backward_weight_im2col, conv_geometry, forward_fused_im2col,
+    };
+    use crate::testing::max_abs_diff;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// `(batch, c_in, h, w, c_out)` of 4x4/2/1 convolutions: the DCGAN layers' shapes at a
+    /// small batch, a rectangular one, one tile per image, and a batch that spans several
+    /// chunks (so that chunks run one per task).
+    const CASES: [(usize, usize, usize, usize, usize); 6] = [
+        (2, 16, 8, 8, 16),
+        (3, 32, 16, 12, 48),
+        (2, 64, 4, 4, 32),
+        (4, 16, 32, 32, 64),
+        (5, 128, 8, 8, 256),
+        (24, 16, 64, 64, 16),
+    ];
+
+    fn geometries() -> impl Iterator<Item = Geometry> {
+        CASES.iter().map(|&(b, c, h, w, o)| {
+            let g = conv_geometry([b, c, h, w], [o, c, 4, 4], 2, [1, 1]);
+            assert!(shape_fits(&g), "{g:?}");
+            g
+        })
+    }
+
+    /// Each of the three ops against the im2col kernels (themselves checked against the
+    /// definition in `conv`), relative to the largest value, on one thread and on two.
+    fn check_all() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for g in geometries() {
+            let x = random(g.batch * g.c_in * g.h * g.w, &mut rng);
+            let w = random(g.c_out * g.rows(), &mut rng);
+            let dy = random(g.batch * g.c_out * g.positions(), &mut rng);
+            let shift = random(g.c_out, &mut rng);
+            let close = |ours: &[f32], reference: &[f32], what: &str| {
+                assert_eq!(ours.len(), reference.len());
+                let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let err = max_abs_diff(ours, reference) / scale;
+                assert!(err < 2e-6, "{g:?} {what}: relative error {err}");
+            };
+            close(
+                &forward(&g, &x, &w, None),
+                &forward_fused_im2col(&g, &x, &w, None),
+                "y",
+            );
+            close(
+                &forward(&g, &x, &w, Some(&shift)),
+                &forward_fused_im2col(&g, &x, &w, Some(&shift)),
+                "relu(y + shift)",
+            );
+            close(
+                &backward_data(&g, &dy, &w),
+                &backward_data_im2col(&g, &dy, &w),
+                "dx",
+            );
+            close(
+                &backward_weight(&g, &x, &dy),
+                &backward_weight_im2col(&g, &x, &dy),
+                "dw",
+            );
+        }
+    }
+
+    #[test]
+    fn winograd_equals_the_im2col_convolution_and_its_gradients() {
+        println!("CPU: {}", crate::simd_level());
+        assert!(
+            geometries().any(|g| g.batch > 2 * chunk(&g)),
+            "a case runs its chunks one per task"
+        );
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(check_all);
+        }
+    }
+
+    #[test]
+    fn only_4x4_stride_2_padding_1_layers_with_an_even_tiling_take_the_path() {
+        let fits = |x: [usize; 4], w: [usize; 4], s, p| shape_fits(&conv_geometry(x, w, s, p));
+        assert!(fits([1, 16, 8, 8], [16, 16, 4, 4], 2, [1, 1]));
+        assert!(
+            !fits([1, 3, 8, 8], [64, 3, 4, 4], 2, [1, 1]),
+            "3 input channels"
+        );
+        assert!(!fits([1, 64, 8, 8], [3, 64, 4, 4], 2, [1, 1]), "3 outputs");
+        assert!(
+            !fits([1, 16, 6, 6], [16, 16, 4, 4], 2, [1, 1]),
+            "3x3 outputs"
+        );
+        assert!(!fits([1, 16, 9, 9], [16, 16, 4, 4], 2, [1, 1]), "odd input");
+        assert!(
+            !fits([1, 16, 8, 8], [16, 16, 3, 3], 2, [1, 1]),
+            "3x3 kernel"
+        );
+        assert!(!fits([1, 16, 8, 8], [16, 16, 4, 4], 1, [1, 1]), "stride 1");
+        assert!(!fits([1, 16, 8, 8], [16, 16, 4, 4], 2, [0, 0]), "padding 0");
+    }
+}
