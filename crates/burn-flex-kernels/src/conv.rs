@@ -578,15 +578,10 @@ pub(crate) fn backward_data_im2col(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f
 }
 
 /// The kernel gradient: `x [B, c_in, h, w]`, `dy [B, c_out, oh, ow]` -> `[c_out, c_in, kh, kw]`.
+/// Always through im2col: the Winograd form (`dU = Z V^T` summed over every tile of the batch,
+/// then `G^T dU G`) was 12% faster on a 64x64 iteration's convolutions but moved the PyTorch
+/// parity run's second gradient-penalty iteration out of its tolerance (README, issue 17).
 pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    if crate::winograd::applies(g) {
-        return crate::winograd::backward_weight(g, x, dy);
-    }
-    backward_weight_im2col(g, x, dy)
-}
-
-/// [`backward_weight`] through im2col / col2im and one product per chunk (any geometry).
-pub(crate) fn backward_weight_im2col(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     // dw^T [rows, c_out] += cols [rows, n*p] grad^T [n*p, c_out] for chunk b0..b0+n: 1.3-2.3x
     // faster with the gemm crate than dw = grad cols^T (both operands then run along the long
@@ -1340,7 +1335,8 @@ mod tests {
             "conv::tests::forward_equals_the_definition",
             "conv::tests::gradients_are_the_adjoints_of_the_forward_convolution",
             "conv::tests::fused_shift_relu_equals_the_definition",
-            "winograd::tests::winograd_equals_the_im2col_convolution_and_its_gradients",
+            "winograd::tests::winograd_equals_the_im2col_convolution_and_its_input_gradient",
+            "winograd::tests::lanes_are_the_transposed_planes",
         ] {
             crate::testing::under_emulated_cpus(name, &[]);
         }

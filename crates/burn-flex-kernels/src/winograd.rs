@@ -1,7 +1,7 @@
 //! The DCGAN convolution (4x4 kernel, stride 2, padding 1) with Winograd's minimal filtering
 //! F(2x2, 2x2): 9 multiplications per 2x2 output tile and stride phase instead of 16, so the
-//! matrix products of the forward pass and of both gradients do 9/16 of the im2col products'
-//! work.
+//! matrix products of the forward pass and of the input gradient do 9/16 of the im2col
+//! products' work.
 //!
 //! A stride-2 4x4 convolution is the sum over the four stride phases `(φ, ψ)` of the padded
 //! input, `Q_φψ[u, v] = x_pad[2u + φ, 2v + ψ]`, of stride-1 2x2 correlations with the
@@ -11,25 +11,25 @@
 //! `y_tile = A^T [ sum over c, φψ of (G g G^T) ⊙ (B^T d B) ] A`
 //!
 //! with `B^T = [[1,-1,0],[0,1,0],[0,-1,1]]`, `G = [[1,0],[1,1],[0,1]]`, `A^T = [[1,1,0],[0,1,1]]`
-//! (only additions and subtractions: the rounding stays that of a direct sum). The sum over
-//! channels and phases is, for each of the 9 transformed points `ξ`, one matrix product
-//! `M_ξ [c_out, tiles] = U_ξ [c_out, 4 c_in] V_ξ [4 c_in, tiles]`. Both gradients are its
-//! adjoints, made of the same transforms run backwards:
+//! (only additions and subtractions). The sum over channels and phases is, for each of the 9
+//! transformed points `ξ`, one matrix product `M_ξ [c_out, tiles] = U_ξ [c_out, 4 c_in]
+//! V_ξ [4 c_in, tiles]`. The input gradient is its adjoint, the same transforms run
+//! backwards: `Z = A dY A^T` per tile, `dV_ξ = U_ξ^T Z_ξ`, then `B dV B^T` added back onto
+//! the overlapping windows. (The kernel gradient stays on im2col: see
+//! [`crate::conv::backward_weight`].)
 //!
-//! - input gradient: `Z = A dY A^T` per tile, `dV_ξ = U_ξ^T Z_ξ`, then `B dV B^T` added
-//!   back onto the overlapping windows;
-//! - kernel gradient: `dU_ξ = Z_ξ V_ξ^T` summed over the batch, then `dW = G^T dU G`.
-//!
-//! The transforms are separable: the input's columns are transformed first, each row into
-//! six runs over the tile columns (a row's stride-4 columns), stored by row modulo 4 so that
-//! the row transform then reads and writes contiguous runs over all tiles of an image.
+//! The transforms work on 16 channels at a time (one AVX-512 vector): each image's 16 planes
+//! are transposed to `[position][16]` (in registers with AVX-512), the padded image is read
+//! tile by tile, and `V`, `M`, `Z` keep the channels innermost, so that a small image (2x2
+//! tiles) costs as little per value as a large one. Planes of 2-16 tiles per row transformed
+//! one at a time cost more than the products saved (README, issue 17).
 //!
 //! Written by hand: no crate offers Winograd convolutions for this shape.
 
 use crate::conv::{Geometry, each_chunk};
 use rayon::prelude::*;
 
-/// Bytes of one chunk's transformed input and product (`V` and `M`, or `V` and `Z`)...
+/// Bytes of one chunk's transformed input and product (`V` and `M`, or `dV` and `Z`)...
 const CHUNK_BYTES: usize = 4 << 20;
 
 /// ...but at least this many tiles per chunk: each product packs its `U_ξ` (up to 2 MiB) once
@@ -162,6 +162,96 @@ fn inside_parallel(g: &Geometry) -> bool {
     threads > 1 && g.batch.div_ceil(chunk(g)) < 2 * threads
 }
 
+/// `planes [16][len]` (16 planes, one after the other) as `lanes [len][16]`.
+#[inline(always)]
+fn to_lanes(planes: &[f32], len: usize, lanes: &mut [f32]) {
+    let (planes, lanes) = (&planes[..L * len], &mut lanes[..L * len]);
+    let blocks = len / L * L;
+    for q in (0..blocks).step_by(L) {
+        transpose16(&planes[q..], len, &mut lanes[q * L..], L);
+    }
+    for l in 0..L {
+        for q in blocks..len {
+            lanes[q * L + l] = planes[l * len + q];
+        }
+    }
+}
+
+/// The inverse of [`to_lanes`].
+#[inline(always)]
+fn from_lanes(lanes: &[f32], len: usize, planes: &mut [f32]) {
+    let (lanes, planes) = (&lanes[..L * len], &mut planes[..L * len]);
+    let blocks = len / L * L;
+    for q in (0..blocks).step_by(L) {
+        transpose16(&lanes[q * L..], L, &mut planes[q..], len);
+    }
+    for l in 0..L {
+        for q in blocks..len {
+            planes[l * len + q] = lanes[q * L + l];
+        }
+    }
+}
+
+/// `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i, j < 16`: with AVX-512 in
+/// registers (unpack and lane shuffles, 64 instructions), else element by element.
+#[inline(always)]
+fn transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    assert!(src.len() >= 15 * src_stride + L && dst.len() >= 15 * dst_stride + L);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: this CPU has AVX-512F; the assert keeps the 16 rows inside both slices.
+        unsafe { transpose16_avx512(src.as_ptr(), src_stride, dst.as_mut_ptr(), dst_stride) };
+        return;
+    }
+    for i in 0..L {
+        for j in 0..L {
+            dst[j * dst_stride + i] = src[i * src_stride + j];
+        }
+    }
+}
+
+/// [`transpose16`] in AVX-512 registers. Safety: 16 rows of 16 floats at `src + i * src_stride`
+/// and `dst + j * dst_stride` must be readable / writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16_avx512(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY (every load and store below): inside the rows the caller guarantees.
+    let r: [__m512; 16] =
+        std::array::from_fn(|i| unsafe { _mm512_loadu_ps(src.add(i * src_stride)) });
+    // Within each 128-bit lane: rows (2i, 2i+1) interleaved, then 4x4 blocks transposed.
+    let mut a = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let mut b = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let pd = |v: __m512| _mm512_castps_pd(v);
+        let ps = |v: __m512d| _mm512_castpd_ps(v);
+        b[4 * i] = ps(_mm512_unpacklo_pd(pd(a[4 * i]), pd(a[4 * i + 2])));
+        b[4 * i + 1] = ps(_mm512_unpackhi_pd(pd(a[4 * i]), pd(a[4 * i + 2])));
+        b[4 * i + 2] = ps(_mm512_unpacklo_pd(pd(a[4 * i + 1]), pd(a[4 * i + 3])));
+        b[4 * i + 3] = ps(_mm512_unpackhi_pd(pd(a[4 * i + 1]), pd(a[4 * i + 3])));
+    }
+    // b[4i + j], lane l: column 4l + j of rows 4i..4i+4. Gather the four lanes of each column.
+    for j in 0..4 {
+        let c1 = _mm512_shuffle_f32x4::<0x44>(b[j], b[4 + j]);
+        let c2 = _mm512_shuffle_f32x4::<0xEE>(b[j], b[4 + j]);
+        let d1 = _mm512_shuffle_f32x4::<0x44>(b[8 + j], b[12 + j]);
+        let d2 = _mm512_shuffle_f32x4::<0xEE>(b[8 + j], b[12 + j]);
+        let out = [
+            _mm512_shuffle_f32x4::<0x88>(c1, d1),
+            _mm512_shuffle_f32x4::<0xDD>(c1, d1),
+            _mm512_shuffle_f32x4::<0x88>(c2, d2),
+            _mm512_shuffle_f32x4::<0xDD>(c2, d2),
+        ];
+        for (l, v) in out.into_iter().enumerate() {
+            unsafe { _mm512_storeu_ps(dst.add((4 * l + j) * dst_stride), v) };
+        }
+    }
+}
+
 /// Defines `fn $name(args)` that runs `$body` compiled for the widest vector level of this
 /// CPU (AVX-512, AVX2, else the build's baseline), chosen at run time as the gemm crate does:
 /// the transforms' 16-lane operations then take one AVX-512 or two AVX2 instructions instead
@@ -206,17 +296,11 @@ widest! {
         let (kk, hw, wp) = (4 * g.c_in, g.h * g.w, g.w + 2);
         // The padded image, 16 channels per position: [h + 2][w + 2][16].
         let mut pad = vec![0.0f32; (g.h + 2) * wp * L];
-        let mut line = vec![0.0f32; g.w * L];
+        let mut lanes = vec![0.0f32; hw * L];
         for cb in 0..g.c_in / L {
-            let planes = &planes[cb * L * hw..][..L * hw];
-            for i in 0..g.h {
-                for (l, plane) in planes.chunks_exact(hw).enumerate() {
-                    let src = &plane[i * g.w..][..g.w];
-                    for (d, v) in line[l..].iter_mut().step_by(L).zip(src) {
-                        *d = *v;
-                    }
-                }
-                pad[((i + 1) * wp + 1) * L..][..g.w * L].copy_from_slice(&line);
+            to_lanes(&planes[cb * L * hw..][..L * hw], hw, &mut lanes);
+            for (i, line) in lanes.chunks_exact(g.w * L).enumerate() {
+                pad[((i + 1) * wp + 1) * L..][..g.w * L].copy_from_slice(line);
             }
             for (tile, row) in rows.chunks_exact_mut(9 * kk).enumerate() {
                 let (s, tt) = (tile / k.tw, tile % k.tw);
@@ -256,6 +340,7 @@ widest! {
         let k = Tiles::of(g);
         let (kk, hw, wp) = (4 * g.c_in, g.h * g.w, g.w + 2);
         let mut pad = vec![0.0f32; (g.h + 2) * wp * L];
+        let mut lanes = vec![0.0f32; hw * L];
         for cb in 0..g.c_in / L {
             pad.fill(0.0);
             for (tile, row) in rows.chunks_exact(9 * kk).enumerate() {
@@ -287,15 +372,10 @@ widest! {
                     }
                 }
             }
-            let planes = &mut image[cb * L * hw..][..L * hw];
-            for (l, plane) in planes.chunks_exact_mut(hw).enumerate() {
-                for (i, dst) in plane.chunks_exact_mut(g.w).enumerate() {
-                    let src = &pad[((i + 1) * wp + 1) * L + l..][..(g.w - 1) * L + 1];
-                    for (d, v) in dst.iter_mut().zip(src.iter().step_by(L)) {
-                        *d = *v;
-                    }
-                }
+            for (i, line) in lanes.chunks_exact_mut(g.w * L).enumerate() {
+                line.copy_from_slice(&pad[((i + 1) * wp + 1) * L..][..g.w * L]);
             }
+            from_lanes(&lanes, hw, &mut image[cb * L * hw..][..L * hw]);
         }
     }
 }
@@ -307,12 +387,7 @@ widest! {
         let (p, o_all) = (g.oh * g.ow, g.c_out);
         let mut lanes = vec![0.0f32; p * L];
         for ob in 0..o_all / L {
-            let planes = &planes[ob * L * p..][..L * p];
-            for (l, plane) in planes.chunks_exact(p).enumerate() {
-                for (d, v) in lanes[l..].iter_mut().step_by(L).zip(plane) {
-                    *d = *v;
-                }
-            }
+            to_lanes(&planes[ob * L * p..][..L * p], p, &mut lanes);
             for (tile, row) in rows.chunks_exact_mut(9 * o_all).enumerate() {
                 let (s, tt) = (tile / k.tw, tile % k.tw);
                 macro_rules! y {
@@ -362,12 +437,7 @@ widest! {
                     }
                 }
             }
-            let planes = &mut image[ob * L * p..][..L * p];
-            for (l, plane) in planes.chunks_exact_mut(p).enumerate() {
-                for (d, v) in plane.iter_mut().zip(lanes[l..].iter().step_by(L)) {
-                    *d = *v;
-                }
-            }
+            from_lanes(&lanes, p, &mut image[ob * L * p..][..L * p]);
         }
     }
 }
@@ -451,33 +521,6 @@ fn transform_kernel(g: &Geometry, w: &[f32]) -> Vec<f32> {
         }
     });
     u
-}
-
-/// `dW [c_out, c_in, 4, 4]` from `dU^T [9 ξ][4 c_in][c_out]`: `G^T dU G` per sub-kernel.
-fn transform_kernel_adjoint(g: &Geometry, du_t: &[f32]) -> Vec<f32> {
-    let kk = 4 * g.c_in;
-    let mut dw = vec![0.0f32; g.c_out * g.c_in * 16];
-    dw.par_chunks_mut(g.c_in * 16)
-        .enumerate()
-        .for_each(|(o, out)| {
-            for c in 0..g.c_in {
-                for phi in 0..2 {
-                    for psi in 0..2 {
-                        let k = (phi * 2 + psi) * g.c_in + c;
-                        let d = |xi: usize| du_t[(xi * kk + k) * g.c_out + o];
-                        // G^T: (d0 + d1, d1 + d2) on rows, then on columns.
-                        let rows: [[f32; 3]; 2] = std::array::from_fn(|a| {
-                            std::array::from_fn(|beta| d(3 * a + beta) + d(3 * (a + 1) + beta))
-                        });
-                        for (a, r) in rows.iter().enumerate() {
-                            out[c * 16 + (2 * a + phi) * 4 + psi] = r[0] + r[1];
-                            out[c * 16 + (2 * a + phi) * 4 + 2 + psi] = r[1] + r[2];
-                        }
-                    }
-                }
-            }
-        });
-    dw
 }
 
 /// A strided matrix view: `(data, row stride, column stride)`.
@@ -641,58 +684,10 @@ pub(crate) fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// The kernel gradient (see [`crate::conv::backward_weight`]), for [`applies`] geometries.
-pub(crate) fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (t, kk, o, n) = (Tiles::of(g).count(), 4 * g.c_in, g.c_out, chunk(g));
-    let size = 9 * kk * o;
-    // dU_ξ^T [4 c_in, c_out] += V_ξ [4 c_in, n*T] Z_ξ^T [n*T, c_out] for chunk b0..b0+n.
-    let add_chunk = |b0: usize, du_t: &mut [f32], s: &mut Scratch, first: bool, inside: bool| {
-        let n = n.min(g.batch - b0);
-        let width = n * t;
-        transform_input(g, x, (b0, n), &mut s.v, inside);
-        transform_output_adjoint(g, dy, (b0, n), &mut s.m, inside);
-        for xi in 0..9 {
-            let lhs = (&s.v[xi * kk..], 1, 9 * kk);
-            let rhs = (&s.m[xi * o..], 9 * o, 1);
-            let dst = (&mut du_t[xi * kk * o..], o, 1);
-            product((kk, o, width), dst, !first, lhs, rhs, inside);
-        }
-    };
-    let starts: Vec<usize> = (0..g.batch).step_by(n).collect();
-    let du_t = if inside_parallel(g) {
-        let mut du_t = vec![0.0; size];
-        with_scratch(g, |s| {
-            for (i, &b0) in starts.iter().enumerate() {
-                add_chunk(b0, &mut du_t, s, i == 0, true);
-            }
-        });
-        du_t
-    } else {
-        starts
-            .par_iter()
-            .fold(
-                || (vec![0.0; size], true),
-                |(mut du_t, first), &b0| {
-                    with_scratch(g, |s| add_chunk(b0, &mut du_t, s, first, false));
-                    (du_t, false)
-                },
-            )
-            .map(|(du_t, _)| du_t)
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            })
-            .unwrap_or_else(|| vec![0.0; size])
-    };
-    transform_kernel_adjoint(g, &du_t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{
-        backward_data_im2col, backward_weight_im2col, conv_geometry, forward_fused_im2col,
-    };
+    use crate::conv::{backward_data_im2col, conv_geometry, forward_fused_im2col};
     use crate::testing::max_abs_diff;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -721,7 +716,8 @@ mod tests {
         })
     }
 
-    /// Each of the three ops against the im2col kernels (themselves checked against the
+    /// The forward pass (with and without the fused shift) and the input gradient against the
+    /// im2col kernels (themselves checked against the
     /// definition in `conv`), relative to the largest value, on one thread and on two.
     fn check_all() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -751,16 +747,11 @@ mod tests {
                 &backward_data_im2col(&g, &dy, &w),
                 "dx",
             );
-            close(
-                &backward_weight(&g, &x, &dy),
-                &backward_weight_im2col(&g, &x, &dy),
-                "dw",
-            );
         }
     }
 
     #[test]
-    fn winograd_equals_the_im2col_convolution_and_its_gradients() {
+    fn winograd_equals_the_im2col_convolution_and_its_input_gradient() {
         println!("CPU: {}", crate::simd_level());
         assert!(
             geometries().any(|g| g.batch > 2 * chunk(&g)),
@@ -772,6 +763,25 @@ mod tests {
                 .build()
                 .unwrap();
             pool.install(check_all);
+        }
+    }
+
+    #[test]
+    fn lanes_are_the_transposed_planes() {
+        println!("CPU: {}", crate::simd_level());
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for len in [4, 16, 20, 64, 100] {
+            let planes = random(L * len, &mut rng);
+            let mut lanes = vec![0.0; L * len];
+            to_lanes(&planes, len, &mut lanes);
+            for l in 0..L {
+                for q in 0..len {
+                    assert_eq!(lanes[q * L + l], planes[l * len + q], "len {len}");
+                }
+            }
+            let mut back = vec![0.0; L * len];
+            from_lanes(&lanes, len, &mut back);
+            assert_eq!(back, planes, "len {len}");
         }
     }
 
