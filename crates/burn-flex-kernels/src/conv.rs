@@ -348,7 +348,7 @@ pub(crate) fn each_chunk(
 }
 
 /// A dense row-major or transposed view for [`matmul`]: `(data, row stride, column stride)`.
-type View<'a> = (&'a [f32], isize, isize);
+pub(crate) type View<'a> = (&'a [f32], isize, isize);
 
 /// `dst [m, n] (row-major) = (accumulate ? dst : 0) + lhs [m, k] rhs [k, n]`; on all threads
 /// when `inside` and the product has at least 2^21 multiply-adds.
@@ -363,26 +363,45 @@ fn matmul(
     rhs: View,
     inside: bool,
 ) {
+    matmul_strided(
+        (m, n, k),
+        (dst, n as isize, 1),
+        accumulate,
+        lhs,
+        rhs,
+        inside,
+    );
+}
+
+/// [`matmul`] into a strided `dst` view `(data, row stride, column stride)`.
+pub(crate) fn matmul_strided(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, dst_cs): (&mut [f32], isize, isize),
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    inside: bool,
+) {
     let parallelism = if inside && m * n * k >= 1 << 21 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    let last = |v: View, rows: usize, cols: usize| {
-        (rows.max(1) - 1) * v.1 as usize + (cols.max(1) - 1) * v.2 as usize
+    let last = |(rs, cs): (isize, isize), rows: usize, cols: usize| {
+        (rows.max(1) - 1) * rs as usize + (cols.max(1) - 1) * cs as usize
     };
-    assert!(dst.len() >= m * n);
-    assert!(m * k == 0 || last(lhs, m, k) < lhs.0.len());
-    assert!(k * n == 0 || last(rhs, k, n) < rhs.0.len());
-    // SAFETY: the asserts above keep every access inside the slices; dst is m x n row-major.
+    assert!(m * n == 0 || last((dst_rs, dst_cs), m, n) < dst.len());
+    assert!(m * k == 0 || last((lhs.1, lhs.2), m, k) < lhs.0.len());
+    assert!(k * n == 0 || last((rhs.1, rhs.2), k, n) < rhs.0.len());
+    // SAFETY: the asserts above keep every access inside the slices.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs,
+            dst_rs,
             accumulate,
             lhs.0.as_ptr(),
             lhs.2,
@@ -420,31 +439,39 @@ fn channels_first(
 /// How the chunks of a batch run: with at least two chunks per thread, each chunk runs on
 /// one thread from im2col to the product (no synchronization inside, its column matrix in
 /// that core's cache); otherwise one after the other, each step parallel inside (`inside`).
-fn inside_parallel(g: &Geometry) -> bool {
+/// `chunk` is images per chunk.
+pub(crate) fn inside_parallel(batch: usize, chunk: usize) -> bool {
     let threads = rayon::current_num_threads();
-    threads > 1 && g.batch.div_ceil(g.chunk()) < 2 * threads
+    threads > 1 && batch.div_ceil(chunk) < 2 * threads
 }
 
-/// A thread's column and gradient matrices and phase planes for one chunk. Every use writes
-/// the part it reads first, so the buffers are reused across calls without being cleared.
+/// A thread's buffers for one chunk: here its column and gradient matrices and phase planes
+/// (the Winograd path keeps its transformed input in `cols` and its product in `mat`). Every
+/// use writes the part it reads first, so the buffers are reused across calls without being
+/// cleared.
 #[derive(Default)]
-struct Scratch {
-    cols: Vec<f32>,
-    mat: Vec<f32>,
-    phases: Vec<f32>,
+pub(crate) struct Scratch {
+    pub(crate) cols: Vec<f32>,
+    pub(crate) mat: Vec<f32>,
+    pub(crate) phases: Vec<f32>,
 }
 
 impl Scratch {
-    /// Grows the buffers to `g`'s chunk (zeros only where they grow).
-    fn fit(&mut self, g: &Geometry) {
+    /// The lengths of [`cols`](Self::cols), [`mat`](Self::mat), [`phases`](Self::phases) for
+    /// one im2col chunk of `g`.
+    fn im2col(g: &Geometry) -> [usize; 3] {
         let width = g.chunk() * g.positions();
         let (hq, wq) = g.phase_size();
         let phases = g.chunk() * g.c_in * g.stride * g.stride * hq * wq;
-        for (buffer, len) in [
-            (&mut self.cols, g.rows() * width),
-            (&mut self.mat, g.c_out * width),
-            (&mut self.phases, phases),
-        ] {
+        [g.rows() * width, g.c_out * width, phases]
+    }
+
+    /// Grows the buffers to at least `lens` (zeros only where they grow).
+    fn fit(&mut self, lens: [usize; 3]) {
+        for (buffer, len) in [&mut self.cols, &mut self.mat, &mut self.phases]
+            .into_iter()
+            .zip(lens)
+        {
             if buffer.len() < len {
                 buffer.resize(len, 0.0);
             }
@@ -458,9 +485,9 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// `f(scratch fitted to g)` with this thread's scratch, or a fresh one when it is in use (a
+/// `f(scratch fitted to lens)` with this thread's scratch, or a fresh one when it is in use (a
 /// task stolen while this thread waits inside a parallel step of its own chunk).
-fn with_scratch<R>(g: &Geometry, f: impl FnOnce(&mut Scratch) -> R) -> R {
+pub(crate) fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|cell| {
         let mut fresh = Scratch::default();
         let mut borrowed = cell.try_borrow_mut();
@@ -468,21 +495,23 @@ fn with_scratch<R>(g: &Geometry, f: impl FnOnce(&mut Scratch) -> R) -> R {
             Ok(s) => s,
             Err(_) => &mut fresh,
         };
-        s.fit(g);
+        s.fit(lens);
         f(s)
     })
 }
 
 /// Runs `f(chunk index, chunk of out, scratch, inside)` over the `per_chunk`-element chunks of
-/// `out`, per [`inside_parallel`].
-fn run_chunks(
-    g: &Geometry,
+/// `out`: one after the other, each parallel inside, when `inside`, else one per task; the
+/// scratch fitted to `lens`.
+pub(crate) fn run_chunks(
+    inside: bool,
+    lens: [usize; 3],
     out: &mut [f32],
     per_chunk: usize,
     f: impl Fn(usize, &mut [f32], &mut Scratch, bool) + Sync,
 ) {
-    if inside_parallel(g) {
-        with_scratch(g, |s| {
+    if inside {
+        with_scratch(lens, |s| {
             for (i, c) in out.chunks_mut(per_chunk).enumerate() {
                 f(i, c, s, true);
             }
@@ -490,7 +519,7 @@ fn run_chunks(
     } else {
         out.par_chunks_mut(per_chunk)
             .enumerate()
-            .for_each(|(i, c)| with_scratch(g, |s| f(i, c, s, false)));
+            .for_each(|(i, c)| with_scratch(lens, |s| f(i, c, s, false)));
     }
 }
 
@@ -520,33 +549,40 @@ pub(crate) fn forward_fused_im2col(
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad_h == 0 && g.pad_w == 0;
     let mut y = vec![0.0; g.batch * g.c_out * p];
-    run_chunks(g, &mut y, chunk * g.c_out * p, |i, images, s, inside| {
-        let n = images.len() / (g.c_out * p);
-        let width = n * p;
-        let cols = &mut s.cols[..rows * width];
-        if pointwise {
-            channels_first(x, g.c_in, p, i * chunk, n, cols, inside);
-        } else {
-            im2col(g, x, (i * chunk, n), cols, &mut s.phases, inside);
-        }
-        // out [c_out, n*p] = w [c_out, rows] cols [rows, n*p]
-        let (lhs, rhs) = ((w, rows as isize, 1), (&s.cols[..], width as isize, 1));
-        matmul(g.c_out, width, rows, &mut s.mat, false, lhs, rhs, inside);
-        let out = &s.mat;
-        each_chunk(images, p, inside, |i, dst| {
-            let (b, o) = (i / g.c_out, i % g.c_out);
-            let src = &out[o * width + b * p..][..p];
-            match shift {
-                None => dst.copy_from_slice(src),
-                Some(shift) => {
-                    let t = shift[o];
-                    for (d, v) in dst.iter_mut().zip(src) {
-                        *d = (v + t).max(0.0);
+    let (inside, lens) = (inside_parallel(g.batch, chunk), Scratch::im2col(g));
+    run_chunks(
+        inside,
+        lens,
+        &mut y,
+        chunk * g.c_out * p,
+        |i, images, s, inside| {
+            let n = images.len() / (g.c_out * p);
+            let width = n * p;
+            let cols = &mut s.cols[..rows * width];
+            if pointwise {
+                channels_first(x, g.c_in, p, i * chunk, n, cols, inside);
+            } else {
+                im2col(g, x, (i * chunk, n), cols, &mut s.phases, inside);
+            }
+            // out [c_out, n*p] = w [c_out, rows] cols [rows, n*p]
+            let (lhs, rhs) = ((w, rows as isize, 1), (&s.cols[..], width as isize, 1));
+            matmul(g.c_out, width, rows, &mut s.mat, false, lhs, rhs, inside);
+            let out = &s.mat;
+            each_chunk(images, p, inside, |i, dst| {
+                let (b, o) = (i / g.c_out, i % g.c_out);
+                let src = &out[o * width + b * p..][..p];
+                match shift {
+                    None => dst.copy_from_slice(src),
+                    Some(shift) => {
+                        let t = shift[o];
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d = (v + t).max(0.0);
+                        }
                     }
                 }
-            }
-        });
-    });
+            });
+        },
+    );
     y
 }
 
@@ -564,16 +600,23 @@ pub(crate) fn backward_data_im2col(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f
     let (rows, p, chunk) = (g.rows(), g.positions(), g.chunk());
     let hw = g.h * g.w;
     let mut dx = vec![0.0; g.batch * g.c_in * hw];
-    run_chunks(g, &mut dx, chunk * g.c_in * hw, |i, planes, s, inside| {
-        let n = planes.len() / (g.c_in * hw);
-        let width = n * p;
-        let grad = &mut s.mat[..g.c_out * width];
-        channels_first(dy, g.c_out, p, i * chunk, n, grad, inside);
-        // cols [rows, n*p] = w^T [rows, c_out] grad [c_out, n*p]
-        let (lhs, rhs) = ((w, 1, rows as isize), (&s.mat[..], width as isize, 1));
-        matmul(rows, width, g.c_out, &mut s.cols, false, lhs, rhs, inside);
-        col2im(g, &s.cols[..rows * width], n, planes, inside);
-    });
+    let (inside, lens) = (inside_parallel(g.batch, chunk), Scratch::im2col(g));
+    run_chunks(
+        inside,
+        lens,
+        &mut dx,
+        chunk * g.c_in * hw,
+        |i, planes, s, inside| {
+            let n = planes.len() / (g.c_in * hw);
+            let width = n * p;
+            let grad = &mut s.mat[..g.c_out * width];
+            channels_first(dy, g.c_out, p, i * chunk, n, grad, inside);
+            // cols [rows, n*p] = w^T [rows, c_out] grad [c_out, n*p]
+            let (lhs, rhs) = ((w, 1, rows as isize), (&s.mat[..], width as isize, 1));
+            matmul(rows, width, g.c_out, &mut s.cols, false, lhs, rhs, inside);
+            col2im(g, &s.cols[..rows * width], n, planes, inside);
+        },
+    );
     dx
 }
 
@@ -609,9 +652,10 @@ pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
     };
     let starts: Vec<usize> = (0..g.batch).step_by(chunk).collect();
-    let dw_t = if inside_parallel(g) {
+    let lens = Scratch::im2col(g);
+    let dw_t = if inside_parallel(g.batch, chunk) {
         let mut dw_t = vec![0.0; rows * g.c_out];
-        with_scratch(g, |s| {
+        with_scratch(lens, |s| {
             for (i, &b0) in starts.iter().enumerate() {
                 add_chunk(b0, &mut dw_t, s, i == 0, true);
             }
@@ -624,7 +668,7 @@ pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             .fold(
                 || (vec![0.0; rows * g.c_out], true),
                 |(mut dw_t, first), &b0| {
-                    with_scratch(g, |s| add_chunk(b0, &mut dw_t, s, first, false));
+                    with_scratch(lens, |s| add_chunk(b0, &mut dw_t, s, first, false));
                     (dw_t, false)
                 },
             )

@@ -26,7 +26,7 @@
 //!
 //! Written by hand: no crate offers Winograd convolutions for this shape.
 
-use crate::conv::{Geometry, each_chunk};
+use crate::conv::{Geometry, each_chunk, inside_parallel, matmul_strided, run_chunks};
 use rayon::prelude::*;
 
 /// Bytes of one chunk's transformed input and product (`V` and `M`, or `dV` and `Z`)...
@@ -154,12 +154,6 @@ fn chunk(g: &Geometry) -> usize {
     (CHUNK_BYTES / per_image.max(1))
         .max(MIN_COLUMNS.div_ceil(t))
         .clamp(1, g.batch.max(1))
-}
-
-/// Whether chunks run one after the other, each parallel inside (fewer than two per thread).
-fn inside_parallel(g: &Geometry) -> bool {
-    let threads = rayon::current_num_threads();
-    threads > 1 && g.batch.div_ceil(chunk(g)) < 2 * threads
 }
 
 /// `planes [16][len]` (16 planes, one after the other) as `lanes [len][16]`.
@@ -523,119 +517,12 @@ fn transform_kernel(g: &Geometry, w: &[f32]) -> Vec<f32> {
     u
 }
 
-/// A strided matrix view: `(data, row stride, column stride)`.
-type View<'a> = (&'a [f32], usize, usize);
-
-/// `dst [m, n]` (a strided view) `= (accumulate ? dst : 0) + lhs [m, k] rhs [k, n]`.
-fn product(
-    (m, n, k): (usize, usize, usize),
-    (dst, dst_rs, dst_cs): (&mut [f32], usize, usize),
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-    inside: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last =
-        |(rs, cs): (usize, usize), rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last((dst_rs, dst_cs), m, n) < dst.len());
-    assert!(
-        k == 0
-            || (last((lhs.1, lhs.2), m, k) < lhs.0.len()
-                && last((rhs.1, rhs.2), k, n) < rhs.0.len())
-    );
-    let parallelism = if inside && m * n * k >= 1 << 21 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above keep every access inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.0.as_ptr(),
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0.as_ptr(),
-            rhs.2 as isize,
-            rhs.1 as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
-/// A thread's transformed input (`V` or `dV`) and product / output transform (`M` or `Z`).
-#[derive(Default)]
-struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
-}
-
-impl Scratch {
-    fn fit(&mut self, g: &Geometry) {
-        let width = chunk(g) * Tiles::of(g).count();
-        for (buffer, len) in [
-            (&mut self.v, 36 * g.c_in * width),
-            (&mut self.m, 9 * g.c_out * width),
-        ] {
-            if buffer.len() < len {
-                buffer.resize(len, 0.0);
-            }
-        }
-    }
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
-
-/// `f(scratch fitted to g)` with this thread's scratch, or a fresh one when it is in use.
-fn with_scratch<R>(g: &Geometry, f: impl FnOnce(&mut Scratch) -> R) -> R {
-    SCRATCH.with(|cell| {
-        let mut fresh = Scratch::default();
-        let mut borrowed = cell.try_borrow_mut();
-        let s = match borrowed.as_deref_mut() {
-            Ok(s) => s,
-            Err(_) => &mut fresh,
-        };
-        s.fit(g);
-        f(s)
-    })
-}
-
-/// `f(first image, chunk of out, scratch, inside)` over the chunks of `out` (`per_image`
-/// elements per image), one after the other (parallel inside) or one per task.
-fn run_chunks(
-    g: &Geometry,
-    out: &mut [f32],
-    per_image: usize,
-    f: impl Fn(usize, &mut [f32], &mut Scratch, bool) + Sync,
-) {
-    let n = chunk(g);
-    if inside_parallel(g) {
-        with_scratch(g, |s| {
-            for (i, c) in out.chunks_mut(n * per_image).enumerate() {
-                f(i * n, c, s, true);
-            }
-        });
-    } else {
-        out.par_chunks_mut(n * per_image)
-            .enumerate()
-            .for_each(|(i, c)| with_scratch(g, |s| f(i * n, c, s, false)));
-    }
+/// How a path's chunks run ([`inside_parallel`]) and its scratch: `V` or `dV` in `cols`, `M`
+/// or `Z` in `mat`.
+fn plan(g: &Geometry) -> (bool, [usize; 3]) {
+    let width = chunk(g) * Tiles::of(g).count();
+    let lens = [36 * g.c_in * width, 9 * g.c_out * width, 0];
+    (inside_parallel(g.batch, chunk(g)), lens)
 }
 
 // Layouts: U [c_out][9][4 c_in], V and dV [n*T][9][4 c_in], M and Z [n*T][9][c_out], so
@@ -647,19 +534,27 @@ pub(crate) fn forward(g: &Geometry, x: &[f32], w: &[f32], shift: Option<&[f32]>)
     let (t, p, kk, o) = (Tiles::of(g).count(), g.oh * g.ow, 4 * g.c_in, g.c_out);
     let u = transform_kernel(g, w);
     let mut y = vec![0.0; g.batch * o * p];
-    run_chunks(g, &mut y, o * p, |b0, images, s, inside| {
-        let n = images.len() / (o * p);
-        let width = n * t;
-        transform_input(g, x, (b0, n), &mut s.v, inside);
-        for xi in 0..9 {
-            // M_ξ [c_out, n*T] = U_ξ [c_out, 4 c_in] V_ξ [4 c_in, n*T]
-            let lhs = (&u[xi * kk..], 9 * kk, 1);
-            let rhs = (&s.v[xi * kk..], 1, 9 * kk);
-            let dst = (&mut s.m[xi * o..], 1, 9 * o);
-            product((o, width, kk), dst, false, lhs, rhs, inside);
-        }
-        transform_output(g, &s.m, n, images, shift, inside);
-    });
+    let ((inside, lens), chunk) = (plan(g), chunk(g));
+    run_chunks(
+        inside,
+        lens,
+        &mut y,
+        chunk * o * p,
+        |i, images, s, inside| {
+            let n = images.len() / (o * p);
+            let width = n * t;
+            transform_input(g, x, (i * chunk, n), &mut s.cols, inside);
+            let (kk9, o9) = (9 * kk as isize, 9 * o as isize);
+            for xi in 0..9 {
+                // M_ξ [c_out, n*T] = U_ξ [c_out, 4 c_in] V_ξ [4 c_in, n*T]
+                let lhs = (&u[xi * kk..], kk9, 1);
+                let rhs = (&s.cols[xi * kk..], 1, kk9);
+                let dst = (&mut s.mat[xi * o..], 1, o9);
+                matmul_strided((o, width, kk), dst, false, lhs, rhs, inside);
+            }
+            transform_output(g, &s.mat, n, images, shift, inside);
+        },
+    );
     y
 }
 
@@ -668,19 +563,27 @@ pub(crate) fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (t, hw, kk, o) = (Tiles::of(g).count(), g.h * g.w, 4 * g.c_in, g.c_out);
     let u = transform_kernel(g, w);
     let mut dx = vec![0.0; g.batch * g.c_in * hw];
-    run_chunks(g, &mut dx, g.c_in * hw, |b0, planes, s, inside| {
-        let n = planes.len() / (g.c_in * hw);
-        let width = n * t;
-        transform_output_adjoint(g, dy, (b0, n), &mut s.m, inside);
-        for xi in 0..9 {
-            // dV_ξ [4 c_in, n*T] = U_ξ^T [4 c_in, c_out] Z_ξ [c_out, n*T]
-            let lhs = (&u[xi * kk..], 1, 9 * kk);
-            let rhs = (&s.m[xi * o..], 1, 9 * o);
-            let dst = (&mut s.v[xi * kk..], 1, 9 * kk);
-            product((kk, width, o), dst, false, lhs, rhs, inside);
-        }
-        transform_input_adjoint(g, &s.v, n, planes, inside);
-    });
+    let ((inside, lens), chunk) = (plan(g), chunk(g));
+    run_chunks(
+        inside,
+        lens,
+        &mut dx,
+        chunk * g.c_in * hw,
+        |i, planes, s, inside| {
+            let n = planes.len() / (g.c_in * hw);
+            let width = n * t;
+            transform_output_adjoint(g, dy, (i * chunk, n), &mut s.mat, inside);
+            let (kk9, o9) = (9 * kk as isize, 9 * o as isize);
+            for xi in 0..9 {
+                // dV_ξ [4 c_in, n*T] = U_ξ^T [4 c_in, c_out] Z_ξ [c_out, n*T]
+                let lhs = (&u[xi * kk..], 1, kk9);
+                let rhs = (&s.mat[xi * o..], 1, o9);
+                let dst = (&mut s.cols[xi * kk..], 1, kk9);
+                matmul_strided((kk, width, o), dst, false, lhs, rhs, inside);
+            }
+            transform_input_adjoint(g, &s.cols, n, planes, inside);
+        },
+    );
     dx
 }
 
