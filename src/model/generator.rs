@@ -5,8 +5,9 @@ use burn::module::Module;
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{relu, tanh};
+use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvTransposeOptions;
+use burn_flex_kernels::activation::tanh;
 
 /// One upsampling block: ConvTranspose 4x4/2/1, BatchNorm, ReLU.
 #[derive(Module, Debug)]

@@ -167,8 +167,13 @@ fn iteration(ours: bool, size: usize, device: &Device) -> impl FnMut() {
 }
 
 fn main() {
-    // As wgan-train's binary does: freed tensor buffers stay in the heap.
+    // As wgan-train's binary does: freed tensor buffers stay in the heap, and the work runs
+    // on a thread of rayon's pool.
     burn_flex_kernels::keep_freed_memory();
+    burn_flex_kernels::on_pool_thread(run);
+}
+
+fn run() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--iteration") {
         let size = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(64);

@@ -23,6 +23,7 @@
 //! host slices; the matrix products are the `gemm` crate's (the one Flex uses).
 
 use crate::flex::{self, contiguous, tensor, values};
+use crate::winograd;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -533,10 +534,24 @@ pub fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// its kernel). A 1x1 stride-1 convolution without padding skips im2col: its column matrix is
 /// the images' channels side by side.
 pub fn forward_fused(g: &Geometry, x: &[f32], w: &[f32], shift: Option<&[f32]>) -> Vec<f32> {
-    if crate::winograd::applies(g) {
-        return crate::winograd::forward(g, x, w, shift);
+    if winograd::applies(g) {
+        return winograd::forward(g, x, &winograd::transform_kernel(g, w), shift);
     }
     forward_fused_im2col(g, x, w, shift)
+}
+
+/// [`forward_fused`] of a contiguous Flex kernel: the Winograd path reuses the kernel's
+/// transform while the kernel lives ([`winograd::cached_kernel`]).
+fn forward_fused_tensor(
+    g: &Geometry,
+    x: &[f32],
+    w: &FlexTensor,
+    shift: Option<&[f32]>,
+) -> Vec<f32> {
+    if winograd::applies(g) {
+        return winograd::forward(g, x, &winograd::cached_kernel(g, w), shift);
+    }
+    forward_fused_im2col(g, x, values(w), shift)
 }
 
 /// [`forward_fused`] through im2col / col2im and one product per chunk (any geometry).
@@ -589,10 +604,18 @@ pub(crate) fn forward_fused_im2col(
 /// The input gradient (the adjoint of [`forward`], a transposed convolution):
 /// `dy [B, c_out, oh, ow]`, `w [c_out, c_in, kh, kw]` -> `[B, c_in, h, w]`.
 pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    if crate::winograd::applies(g) {
-        return crate::winograd::backward_data(g, dy, w);
+    if winograd::applies(g) {
+        return winograd::backward_data(g, dy, &winograd::transform_kernel(g, w));
     }
     backward_data_im2col(g, dy, w)
+}
+
+/// [`backward_data`] of a contiguous Flex kernel, as [`forward_fused_tensor`].
+fn backward_data_tensor(g: &Geometry, dy: &[f32], w: &FlexTensor) -> Vec<f32> {
+    if winograd::applies(g) {
+        return winograd::backward_data(g, dy, &winograd::cached_kernel(g, w));
+    }
+    backward_data_im2col(g, dy, values(w))
 }
 
 /// [`backward_data`] through im2col / col2im and one product per chunk (any geometry).
@@ -841,7 +864,7 @@ impl GemmConv for Flex {
     ) -> FlexTensor {
         let g = conv_geometry(dims4(&x), dims4(&weight), stride, pad);
         let (x, weight) = (contiguous(&x), contiguous(&weight));
-        let y = forward(&g, values(&x), values(&weight));
+        let y = forward_fused_tensor(&g, values(&x), &weight, None);
         tensor(y, [g.batch, g.c_out, g.oh, g.ow])
     }
 
@@ -854,7 +877,7 @@ impl GemmConv for Flex {
     ) -> FlexTensor {
         let g = conv_geometry(dims4(&x), dims4(&weight), stride, pad);
         let (x, weight, shift) = (contiguous(&x), contiguous(&weight), contiguous(&shift));
-        let y = forward_fused(&g, values(&x), values(&weight), Some(values(&shift)));
+        let y = forward_fused_tensor(&g, values(&x), &weight, Some(values(&shift)));
         tensor(y, [g.batch, g.c_out, g.oh, g.ow])
     }
 
@@ -867,7 +890,7 @@ impl GemmConv for Flex {
     ) -> FlexTensor {
         let g = transpose_geometry(dims4(&x), dims4(&weight), stride, pad, out_pad);
         let (x, weight) = (contiguous(&x), contiguous(&weight));
-        let y = backward_data(&g, values(&x), values(&weight));
+        let y = backward_data_tensor(&g, values(&x), &weight);
         tensor(y, [g.batch, g.c_in, g.h, g.w])
     }
 

@@ -22,6 +22,42 @@
 //! model crate can run them on its own layer shapes, and a helper that reruns a test under
 //! qemu-user's CPU models to reach the AVX2 and scalar paths.
 
+/// Defines `fn $name(args)` that runs `$body` compiled for the widest vector level of this
+/// CPU (AVX-512, AVX2, else the build's baseline), chosen at run time as the gemm crate does:
+/// the Winograd transforms' 16-lane operations then take one AVX-512 or two AVX2 instructions
+/// instead of four SSE ones, and the element-wise loops vectorize at that width.
+macro_rules! widest {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn inner($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($a: $t),*) {
+                    inner($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($a: $t),*) {
+                    inner($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: this CPU has AVX-512F.
+                    return unsafe { avx512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: this CPU has AVX2 and FMA.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            inner($($a),*)
+        }
+    };
+}
+
 pub mod activation;
 pub mod conv;
 mod flex;
@@ -45,6 +81,24 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
+}
+
+/// Runs `f` on one of the threads of rayon's global pool (built here, with `RAYON_NUM_THREADS`
+/// threads or one per core, each with a main thread's 8 MiB stack) while the calling thread
+/// waits, and returns what it returns.
+///
+/// Every parallel op (Flex's element-wise ops, the gemm crate's products, these kernels'
+/// chunks) called from outside the pool injects its job and puts the caller to sleep until a
+/// worker wakes it: two context switches per op, thousands per training step, while the two
+/// workers spin beside the caller on a 2-core machine (at 32x32 `perf` put 10% of a step in
+/// the kernel's scheduler). Called from a worker, an op splits across the pool directly.
+/// Call it once, at the top of `main` (after [`keep_freed_memory`]).
+pub fn on_pool_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // Fails only when the global pool was built already (then it is used as it is).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .stack_size(8 << 20)
+        .build_global();
+    rayon::scope(|_| f())
 }
 
 /// The widest vector level that the gemm crate's matrix products (Flex's and this crate's

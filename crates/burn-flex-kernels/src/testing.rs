@@ -197,6 +197,30 @@ pub fn check_leaky_relu(shape: [usize; 4], device: &Device) {
         .assert_approx_eq::<f32>(&gz.into_data(), Default::default());
 }
 
+/// [`tanh`](crate::activation::tanh) against Burn's on a random `shape` (spread over
+/// [-6, 6]): values within 2 ulp of libm's, and the gradient of a loss that uses the output
+/// twice.
+pub fn check_tanh(shape: [usize; 4], device: &Device) {
+    let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 3.0), device);
+    let run = |ours: bool| {
+        let x = x.clone().require_grad();
+        let y = if ours {
+            crate::activation::tanh(x.clone())
+        } else {
+            burn::tensor::activation::tanh(x.clone())
+        };
+        let loss = (y.clone() * y.clone().cos()).sum();
+        let grad = x.grad(&loss.backward()).unwrap();
+        (y.inner(), grad)
+    };
+    let ((y, gy), (z, gz)) = (run(true), run(false));
+    let tolerance = burn::tensor::Tolerance::absolute(2.5e-7);
+    y.into_data()
+        .assert_approx_eq::<f32>(&z.into_data(), tolerance);
+    gy.into_data()
+        .assert_approx_eq::<f32>(&gz.into_data(), Default::default());
+}
+
 /// [`forward`](crate::norm::forward) (fused on Flex) and the composed ops against Burn's `BatchNorm` on `shape`:
 /// output, input/gamma/beta gradients, running mean after two training forwards; the
 /// running variance against PyTorch's: Burn's biased update with every batch variance scaled

@@ -27,7 +27,10 @@
 //! Written by hand: no crate offers Winograd convolutions for this shape.
 
 use crate::conv::{Geometry, each_chunk, inside_parallel, matmul_strided, run_chunks};
+use burn::backend::flex::FlexTensor;
+use burn::tensor::Bytes;
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Bytes of one chunk's transformed input and product (`V` and `M`, or `dV` and `Z`)...
 const CHUNK_BYTES: usize = 4 << 20;
@@ -246,42 +249,6 @@ unsafe fn transpose16_avx512(src: *const f32, src_stride: usize, dst: *mut f32, 
     }
 }
 
-/// Defines `fn $name(args)` that runs `$body` compiled for the widest vector level of this
-/// CPU (AVX-512, AVX2, else the build's baseline), chosen at run time as the gemm crate does:
-/// the transforms' 16-lane operations then take one AVX-512 or two AVX2 instructions instead
-/// of four SSE ones.
-macro_rules! widest {
-    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
-        $(#[$m])*
-        fn $name($($a: $t),*) {
-            #[inline(always)]
-            fn inner($($a: $t),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($a: $t),*) {
-                    inner($($a),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($a: $t),*) {
-                    inner($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: this CPU has AVX-512F.
-                    return unsafe { avx512($($a),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: this CPU has AVX2 and FMA.
-                    return unsafe { avx2($($a),*) };
-                }
-            }
-            inner($($a),*)
-        }
-    };
-}
-
 widest! {
     /// One image of [`transform_input`]: its planes `[c_in][h][w]` -> its rows of `V`,
     /// `[T][9 ξ][4 c_in]`.
@@ -488,33 +455,96 @@ fn transform_output(
 }
 
 /// `U [c_out][9 ξ][4 c_in]` (`G g G^T` of every sub-kernel, column `φψ * c_in + c`) of
-/// `w [c_out, c_in, 4, 4]`.
-fn transform_kernel(g: &Geometry, w: &[f32]) -> Vec<f32> {
-    let kk = 4 * g.c_in;
-    let mut u = vec![0.0f32; g.c_out * 9 * kk];
-    u.par_chunks_mut(9 * kk).enumerate().for_each(|(o, u)| {
-        for c in 0..g.c_in {
-            let kernel = &w[(o * g.c_in + c) * 16..][..16];
-            for phi in 0..2 {
-                for psi in 0..2 {
-                    let gv = |a: usize, b: usize| kernel[(2 * a + phi) * 4 + 2 * b + psi];
-                    // G g: rows (g0, g0 + g1, g1), then the same on the columns.
-                    let rows = [
-                        [gv(0, 0), gv(0, 1)],
-                        [gv(0, 0) + gv(1, 0), gv(0, 1) + gv(1, 1)],
-                        [gv(1, 0), gv(1, 1)],
-                    ];
-                    let col = (phi * 2 + psi) * g.c_in + c;
-                    for (alpha, r) in rows.iter().enumerate() {
-                        for (beta, v) in [r[0], r[0] + r[1], r[1]].into_iter().enumerate() {
-                            u[(alpha * 3 + beta) * kk + col] = v;
-                        }
+/// `w [c_out, c_in, 4, 4]`. Every element is written once, row by row (no zeroed buffer
+/// first: at 256 -> 512 channels `U` is 19 MB).
+pub(crate) fn transform_kernel(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    let (c_in, kk) = (g.c_in, 4 * g.c_in);
+    let mut u = Vec::with_capacity(g.c_out * 9 * kk);
+    let spare = &mut u.spare_capacity_mut()[..g.c_out * 9 * kk];
+    spare.par_chunks_mut(9 * kk).enumerate().for_each(|(o, u)| {
+        let kernels = &w[o * c_in * 16..][..c_in * 16];
+        for phase in 0..4 {
+            let (phi, psi) = (phase / 2, phase % 2);
+            // The 9 rows (ξ = 3 α + β) of this phase's columns.
+            let mut rows: [&mut [std::mem::MaybeUninit<f32>]; 9] = Default::default();
+            let mut rest = &mut u[..];
+            for (xi, row) in rows.iter_mut().enumerate() {
+                let skip = if xi == 0 { phase * c_in } else { 3 * c_in };
+                (*row, rest) = std::mem::take(&mut rest)[skip..].split_at_mut(c_in);
+            }
+            for (c, kernel) in kernels.chunks_exact(16).enumerate() {
+                let gv = |a: usize, b: usize| kernel[(2 * a + phi) * 4 + 2 * b + psi];
+                // G g: rows (g0, g0 + g1, g1), then the same on the columns.
+                let r = [
+                    [gv(0, 0), gv(0, 1)],
+                    [gv(0, 0) + gv(1, 0), gv(0, 1) + gv(1, 1)],
+                    [gv(1, 0), gv(1, 1)],
+                ];
+                for alpha in 0..3 {
+                    let v = [r[alpha][0], r[alpha][0] + r[alpha][1], r[alpha][1]];
+                    for beta in 0..3 {
+                        rows[alpha * 3 + beta][c].write(v[beta]);
                     }
                 }
             }
         }
     });
+    // SAFETY: the loops above wrote every one of the first `c_out * 9 * kk` elements: for each
+    // `o`, row `ξ` and phase, the `c_in` columns `(ξ * 4 + phase) * c_in + c`.
+    unsafe { u.set_len(g.c_out * 9 * kk) };
     u
+}
+
+/// `U` of the Flex kernel `w` ([`transform_kernel`]), transformed once per buffer.
+///
+/// A Flex buffer is never written while shared (Flex copies it first), so while this cache
+/// holds a reference to a kernel's buffer, the buffer's address names its values: the key is
+/// the address and length of `w`'s values and the channels, and a hit can never be stale. An
+/// entry is dropped once the cache holds the last reference (the kernel tensor is gone: a
+/// spectrally normalized kernel after its step's backward pass, a parameter after the
+/// optimizer's update). So the forward pass and the input gradient of a step share one
+/// transform, and the generator's forwards between two of its updates (the critic steps'
+/// fakes, then its own step) share one.
+pub(crate) fn cached_kernel(g: &Geometry, w: &FlexTensor) -> Arc<Vec<f32>> {
+    let values = crate::flex::values(w);
+    let key = [values.as_ptr() as usize, values.len(), g.c_in, g.c_out];
+    let mut cache = KERNELS.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.retain(|e| Arc::strong_count(&e.owner) > 1);
+    if let Some(e) = cache.iter().find(|e| e.key == key) {
+        return Arc::clone(&e.u);
+    }
+    let u = Arc::new(transform_kernel(g, values));
+    if cache.len() == MAX_KERNELS {
+        cache.remove(0);
+    }
+    cache.push(CachedKernel {
+        owner: w.data_arc(),
+        key,
+        u: Arc::clone(&u),
+    });
+    u
+}
+
+/// One entry of [`cached_kernel`]'s cache: the buffer it pins, its key, its transform.
+struct CachedKernel {
+    owner: Arc<Bytes>,
+    key: [usize; 4],
+    u: Arc<Vec<f32>>,
+}
+
+/// The cache of [`cached_kernel`], oldest first.
+static KERNELS: Mutex<Vec<CachedKernel>> = Mutex::new(Vec::new());
+
+/// At most this many live kernels keep their transforms (a DCGAN at 64x64 has 6 in use at
+/// once: three critic layers in two forward passes; the generator's three add 3).
+const MAX_KERNELS: usize = 32;
+
+/// How many transforms [`cached_kernel`] holds (after dropping those of dead kernels).
+#[cfg(test)]
+fn cached_kernels() -> usize {
+    let mut cache = KERNELS.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.retain(|e| Arc::strong_count(&e.owner) > 1);
+    cache.len()
 }
 
 /// How a path's chunks run ([`inside_parallel`]) and its scratch: `V` or `dV` in `cols`, `M`
@@ -530,9 +560,9 @@ fn plan(g: &Geometry) -> (bool, [usize; 3]) {
 // V_ξ [4 c_in, n*T] (columns 9 * 4 c_in), M_ξ and Z_ξ [c_out, n*T] (columns 9 * c_out).
 
 /// The forward convolution (see [`crate::conv::forward_fused`]), for [`applies`] geometries.
-pub(crate) fn forward(g: &Geometry, x: &[f32], w: &[f32], shift: Option<&[f32]>) -> Vec<f32> {
+/// `u` is the kernel's transform ([`transform_kernel`], [`cached_kernel`]).
+pub(crate) fn forward(g: &Geometry, x: &[f32], u: &[f32], shift: Option<&[f32]>) -> Vec<f32> {
     let (t, p, kk, o) = (Tiles::of(g).count(), g.oh * g.ow, 4 * g.c_in, g.c_out);
-    let u = transform_kernel(g, w);
     let mut y = vec![0.0; g.batch * o * p];
     let ((inside, lens), chunk) = (plan(g), chunk(g));
     run_chunks(
@@ -559,9 +589,9 @@ pub(crate) fn forward(g: &Geometry, x: &[f32], w: &[f32], shift: Option<&[f32]>)
 }
 
 /// The input gradient (see [`crate::conv::backward_data`]), for [`applies`] geometries.
-pub(crate) fn backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+/// `u` is the kernel's transform ([`transform_kernel`], [`cached_kernel`]).
+pub(crate) fn backward_data(g: &Geometry, dy: &[f32], u: &[f32]) -> Vec<f32> {
     let (t, hw, kk, o) = (Tiles::of(g).count(), g.h * g.w, 4 * g.c_in, g.c_out);
-    let u = transform_kernel(g, w);
     let mut dx = vec![0.0; g.batch * g.c_in * hw];
     let ((inside, lens), chunk) = (plan(g), chunk(g));
     run_chunks(
@@ -651,6 +681,28 @@ mod tests {
                 "dx",
             );
         }
+    }
+
+    /// A Flex kernel is transformed once while its buffer lives; a write to it (which copies
+    /// a shared buffer) gets the new values' transform; a dropped kernel's buffer is let go.
+    #[test]
+    fn a_kernel_is_transformed_once_per_buffer_and_never_stale() {
+        let g = conv_geometry([2, 16, 8, 8], [32, 16, 4, 4], 2, [1, 1]);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let w = crate::flex::tensor(random(32 * 16 * 16, &mut rng), [32, 16, 4, 4]);
+        let u = cached_kernel(&g, &w);
+        assert!(Arc::ptr_eq(&u, &cached_kernel(&g, &w.clone())));
+        assert_eq!(*u, transform_kernel(&g, crate::flex::values(&w)));
+        let mut v = w.clone();
+        v.storage_mut::<f32>()[5] += 1.0;
+        let uv = cached_kernel(&g, &v);
+        assert_eq!(*uv, transform_kernel(&g, crate::flex::values(&v)));
+        assert_ne!(*uv, *u);
+        let (weak_w, weak_v) = (Arc::downgrade(&w.data_arc()), Arc::downgrade(&v.data_arc()));
+        drop((w, v));
+        cached_kernels();
+        assert!(weak_w.upgrade().is_none() && weak_v.upgrade().is_none());
+        assert!(cached_kernels() <= MAX_KERNELS);
     }
 
     #[test]
