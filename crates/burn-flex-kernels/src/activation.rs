@@ -291,6 +291,7 @@ mod tests {
     /// as many of [-1e-3, 1e-3]), is odd, gives ±0, ±1 at ±inf and NaN at NaN.
     #[test]
     fn tanh_is_within_two_ulp_of_the_exact_value() {
+        println!("CPU: {}", crate::simd_level());
         const N: usize = 1 << 19;
         let xs: Vec<f32> = (0..N)
             .flat_map(|i| {

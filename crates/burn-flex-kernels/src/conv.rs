@@ -1404,6 +1404,7 @@ mod tests {
             "conv::tests::fused_shift_relu_equals_the_definition",
             "winograd::tests::winograd_equals_the_im2col_convolution_and_its_input_gradient",
             "winograd::tests::lanes_are_the_transposed_planes",
+            "activation::tests::tanh_is_within_two_ulp_of_the_exact_value",
         ] {
             crate::testing::under_emulated_cpus(name, &[]);
         }

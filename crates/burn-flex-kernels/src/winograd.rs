@@ -659,6 +659,7 @@ mod tests {
             let w = random(g.c_out * g.rows(), &mut rng);
             let dy = random(g.batch * g.c_out * g.positions(), &mut rng);
             let shift = random(g.c_out, &mut rng);
+            let u = transform_kernel(&g, &w);
             let close = |ours: &[f32], reference: &[f32], what: &str| {
                 assert_eq!(ours.len(), reference.len());
                 let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -666,17 +667,17 @@ mod tests {
                 assert!(err < 2e-6, "{g:?} {what}: relative error {err}");
             };
             close(
-                &forward(&g, &x, &w, None),
+                &forward(&g, &x, &u, None),
                 &forward_fused_im2col(&g, &x, &w, None),
                 "y",
             );
             close(
-                &forward(&g, &x, &w, Some(&shift)),
+                &forward(&g, &x, &u, Some(&shift)),
                 &forward_fused_im2col(&g, &x, &w, Some(&shift)),
                 "relu(y + shift)",
             );
             close(
-                &backward_data(&g, &dy, &w),
+                &backward_data(&g, &dy, &u),
                 &backward_data_im2col(&g, &dy, &w),
                 "dx",
             );
