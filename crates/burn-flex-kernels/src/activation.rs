@@ -61,7 +61,7 @@ pub trait Fused: burn::backend::Backend {
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
-    // `if` rather than `min`, which would turn NaN into 9.
+    // `if` rather than `min`, which would turn NaN into 10.
     let y = 2.0 * if a > 10.0 { 10.0 } else { a };
     // n = round(y / ln 2) (the 1.5 * 2^23 shift rounds to nearest), r = y - n ln 2.
     const SHIFT: f32 = 12_582_912.0;

@@ -179,22 +179,12 @@ pub fn check_conv(x: [usize; 4], w: [usize; 4], stride: usize, pad: [usize; 2], 
 pub fn check_leaky_relu(shape: [usize; 4], device: &Device) {
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
     assert!(x.clone().lower_elem(0.0).any().into_scalar::<bool>());
-    let run = |ours: bool| {
-        let x = x.clone().require_grad();
-        let y = if ours {
-            leaky_relu(x.clone(), 0.2)
-        } else {
-            burn::tensor::activation::leaky_relu(x.clone(), 0.2)
-        };
-        let loss = (y.clone() * y.clone().cos()).sum();
-        let grad = x.grad(&loss.backward()).unwrap();
-        (y.inner(), grad)
-    };
-    let ((y, gy), (z, gz)) = (run(true), run(false));
-    y.into_data()
-        .assert_approx_eq::<f32>(&z.into_data(), Default::default());
-    gy.into_data()
-        .assert_approx_eq::<f32>(&gz.into_data(), Default::default());
+    check_activation(
+        x,
+        |x| leaky_relu(x, 0.2),
+        |x| burn::tensor::activation::leaky_relu(x, 0.2),
+        Default::default(),
+    );
 }
 
 /// [`tanh`](crate::activation::tanh) against Burn's on a random `shape` (spread over
@@ -202,19 +192,30 @@ pub fn check_leaky_relu(shape: [usize; 4], device: &Device) {
 /// twice.
 pub fn check_tanh(shape: [usize; 4], device: &Device) {
     let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 3.0), device);
-    let run = |ours: bool| {
+    check_activation(
+        x,
+        crate::activation::tanh,
+        burn::tensor::activation::tanh,
+        burn::tensor::Tolerance::absolute(2.5e-7),
+    );
+}
+
+/// `ours` against `burn` on `x`: values within `tolerance`, and the gradients of a loss that
+/// uses the output twice (`sum(y cos y)`) within the default tolerance.
+fn check_activation(
+    x: Tensor<4>,
+    ours: impl Fn(Tensor<4>) -> Tensor<4>,
+    burn: impl Fn(Tensor<4>) -> Tensor<4>,
+    tolerance: burn::tensor::Tolerance<f32>,
+) {
+    let run = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
         let x = x.clone().require_grad();
-        let y = if ours {
-            crate::activation::tanh(x.clone())
-        } else {
-            burn::tensor::activation::tanh(x.clone())
-        };
+        let y = f(x.clone());
         let loss = (y.clone() * y.clone().cos()).sum();
         let grad = x.grad(&loss.backward()).unwrap();
         (y.inner(), grad)
     };
-    let ((y, gy), (z, gz)) = (run(true), run(false));
-    let tolerance = burn::tensor::Tolerance::absolute(2.5e-7);
+    let ((y, gy), (z, gz)) = (run(&ours), run(&burn));
     y.into_data()
         .assert_approx_eq::<f32>(&z.into_data(), tolerance);
     gy.into_data()

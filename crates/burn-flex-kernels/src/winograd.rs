@@ -30,7 +30,7 @@ use crate::conv::{Geometry, each_chunk, inside_parallel, matmul_strided, run_chu
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Bytes;
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Bytes of one chunk's transformed input and product (`V` and `M`, or `dV` and `Z`)...
 const CHUNK_BYTES: usize = 4 << 20;
@@ -508,8 +508,7 @@ pub(crate) fn transform_kernel(g: &Geometry, w: &[f32]) -> Vec<f32> {
 pub(crate) fn cached_kernel(g: &Geometry, w: &FlexTensor) -> Arc<Vec<f32>> {
     let values = crate::flex::values(w);
     let key = [values.as_ptr() as usize, values.len(), g.c_in, g.c_out];
-    let mut cache = KERNELS.lock().unwrap_or_else(PoisonError::into_inner);
-    cache.retain(|e| Arc::strong_count(&e.owner) > 1);
+    let mut cache = live_kernels();
     if let Some(e) = cache.iter().find(|e| e.key == key) {
         return Arc::clone(&e.u);
     }
@@ -539,12 +538,18 @@ static KERNELS: Mutex<Vec<CachedKernel>> = Mutex::new(Vec::new());
 /// once: three critic layers in two forward passes; the generator's three add 3).
 const MAX_KERNELS: usize = 32;
 
+/// The cache, locked, without the entries of dead kernels (those it holds the last
+/// reference to).
+fn live_kernels() -> MutexGuard<'static, Vec<CachedKernel>> {
+    let mut cache = KERNELS.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.retain(|e| Arc::strong_count(&e.owner) > 1);
+    cache
+}
+
 /// How many transforms [`cached_kernel`] holds (after dropping those of dead kernels).
 #[cfg(test)]
 fn cached_kernels() -> usize {
-    let mut cache = KERNELS.lock().unwrap_or_else(PoisonError::into_inner);
-    cache.retain(|e| Arc::strong_count(&e.owner) > 1);
-    cache.len()
+    live_kernels().len()
 }
 
 /// How a path's chunks run ([`inside_parallel`]) and its scratch: `V` or `dV` in `cols`, `M`
