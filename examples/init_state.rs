@@ -2,7 +2,7 @@
 //! the PyTorch peer's names (`g.*` generator, `d.*` critic with spectral-norm u, v), so that
 //! the peer can be trained from our initial weights (`PEER_INIT=OUT scripts/peer_train.py`):
 //!
-//!     cargo run --release --no-default-features --example init_state -- CONFIG SEED OUT
+//!     cargo run --release --no-default-features --features x86-v4 --example init_state -- CONFIG SEED OUT
 
 use anyhow::{Context, Result};
 use burn::prelude::*;

@@ -47,7 +47,7 @@ def main():
         if getattr(a, key) < 1:
             sys.exit(f"error: --{key} {getattr(a, key)} must be at least 1")
     settings = argparse.Namespace(data=a.data, warmup=1, iters=a.iters, threads=a.threads,
-                                  channels=3)
+                                  channels=3, avx2=False)
     out = tempfile.mkdtemp(prefix="wgan-ab-")
     runs = lambda times: " ".join(f"{t:.3f}" for t in times)
     print(f"A = {a.a}\nB = {a.b}\n{a.threads} threads, median of {a.iters} generator iterations "

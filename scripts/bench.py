@@ -9,6 +9,11 @@ the peak resident memory (RSS) of each process.
 
     scripts/bench.py [--sizes 32 64] [--kinds sn gp gp1 clip none] [--iters 3] [--warmup 1]
                      [--threads 2] [--data data/fashion-mnist] [--no-convs] [--repeats 1]
+                     [--binary BIN] [--avx2]
+
+With --avx2 (and a --binary built without the x86-v4 feature) both sides run their AVX2 code
+on an AVX-512 machine: ours with BURN_FLEX_KERNELS_SIMD=avx2, PyTorch with ATen's, oneDNN's and
+MKL's own caps. A stand-in for an AVX2-only CPU, not the same: the core stays the same.
 
 With --repeats R each pair runs R times in the order ours, PyTorch, PyTorch, ours, ours, ...
 (so that a slow spell of the machine falls on both), and the table gives each side's median
@@ -29,6 +34,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(ROOT, "..", "shared", "peer", "torch_wgan.py")
 # Our config per constraint kind; sp (spectral penalty) is ours only: the peer has none, so
 # scripts/ab.py times it, and this script's default --kinds leaves it out.
+# --avx2: PyTorch's own caps on its vector level (ATen's kernels, oneDNN's convolutions, MKL's
+# matrix products), the same AVX2 code paths as ours under BURN_FLEX_KERNELS_SIMD=avx2.
+TORCH_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+              "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 OUR_CONFIG = {"sn": "sn", "gp": "gp", "gp1": "gp1", "clip": "clip", "none": "none", "sp": "sp"}
 
 
@@ -58,6 +67,8 @@ def ours(binary, kind, size, channels, a, out):
            "--set", "output.checkpoint_every=0", "--set", "output.diagnostics=false",
            "--set", "output.eval_every=0", "--set", "output.plots=false"]
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+    if a.avx2:
+        env["BURN_FLEX_KERNELS_SIMD"] = "avx2"
     _, rss = measured(cmd, env)
     lines = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
     secs = [l["sec_per_iter"] for l in lines[a.warmup:]]
@@ -69,7 +80,7 @@ def peer(kind, size, channels, a):
            "--channels", str(channels), "--constraint", kind, "--iters", str(a.iters),
            "--warmup", str(a.warmup), "--batch", "64", "--n-critic", "5",
            "--threads", str(a.threads)]
-    out, rss = measured(cmd)
+    out, rss = measured(cmd, dict(os.environ, **TORCH_AVX2) if a.avx2 else None)
     res = json.loads(out.strip().splitlines()[-1])
     return res["s_per_gen_iter_median"], rss
 
@@ -77,7 +88,8 @@ def peer(kind, size, channels, a):
 def convs_only(size, a, target):
     """Seconds per generator iteration of the convolutions alone: (ours, PyTorch's)."""
     env = dict(os.environ, CARGO_TARGET_DIR=target, RAYON_NUM_THREADS=str(a.threads))
-    cmd = ["cargo", "bench", "--quiet", "--no-default-features", "--bench", "conv", "--",
+    cmd = ["cargo", "bench", "--quiet", "--no-default-features", "--features", "x86-v4",
+           "--bench", "conv", "--",
            "--iteration", str(size)]
     ours = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if ours.returncode != 0:
@@ -123,7 +135,15 @@ def main():
     p.add_argument("--binary", default=None,
                    help="a wgan-train binary to time as it is (default: a release build, made "
                         "or brought up to date in the target folder that already holds one)")
+    p.add_argument("--avx2", action="store_true",
+                   help="both sides at AVX2 on an AVX-512 machine: needs --binary built without "
+                        "the x86-v4 feature (cargo build --release --no-default-features "
+                        "--features wgpu); leaves out the convolutions-alone timings")
     a = p.parse_args()
+    if a.avx2 and not a.binary:
+        sys.exit("error: --avx2 needs --binary: a build without the x86-v4 feature, e.g. "
+                 "cargo build --release --no-default-features --features wgpu")
+    a.no_convs = a.no_convs or a.avx2
     if a.repeats < 1:
         sys.exit(f"error: --repeats {a.repeats}: give at least 1")
     if not os.path.exists(PEER):
@@ -158,6 +178,9 @@ def main():
                              max(p[2] for p in pairs), max(p[3] for p in pairs),
                              [p[0] / p[1] for p in pairs]))
     convs = {} if a.no_convs else {size: convs_only(size, a, target) for size in a.sizes}
+    if a.avx2:
+        print("both sides capped at AVX2 (BURN_FLEX_KERNELS_SIMD=avx2; "
+              + ", ".join(f"{k}={v}" for k, v in TORCH_AVX2.items()) + ")")
     print(f"batch 64, n_critic 5, {a.channels} channels, {a.threads} threads, median of {a.iters} "
           f"generator iterations after {a.warmup} warm-up"
           + (f"; median over {a.repeats} alternating runs each" if a.repeats > 1 else ""))

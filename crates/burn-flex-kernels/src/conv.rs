@@ -1409,4 +1409,19 @@ mod tests {
             crate::testing::under_emulated_cpus(name, &[]);
         }
     }
+
+    /// The same checks natively with this crate's kernels capped at AVX2 and at scalar
+    /// (`BURN_FLEX_KERNELS_SIMD`, what `scripts/bench.py --avx2` times).
+    #[test]
+    fn kernels_match_the_definition_with_simd_capped() {
+        for name in [
+            "conv::tests::forward_equals_the_definition",
+            "conv::tests::gradients_are_the_adjoints_of_the_forward_convolution",
+            "winograd::tests::winograd_equals_the_im2col_convolution_and_its_input_gradient",
+            "winograd::tests::lanes_are_the_transposed_planes",
+            "activation::tests::tanh_is_within_two_ulp_of_the_exact_value",
+        ] {
+            crate::testing::under_simd_caps(name);
+        }
+    }
 }

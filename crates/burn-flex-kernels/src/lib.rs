@@ -23,7 +23,8 @@
 //! qemu-user's CPU models to reach the AVX2 and scalar paths.
 
 /// Defines `fn $name(args)` that runs `$body` compiled for the widest vector level of this
-/// CPU (AVX-512, AVX2, else the build's baseline), chosen at run time as the gemm crate does:
+/// CPU (AVX-512, AVX2, else the build's baseline; capped by [`simd`]), chosen at run time as
+/// the gemm crate does:
 /// the Winograd transforms' 16-lane operations then take one AVX-512 or two AVX2 instructions
 /// instead of four SSE ones, and the element-wise loops vectorize at that width.
 macro_rules! widest {
@@ -42,15 +43,12 @@ macro_rules! widest {
                 fn avx2($($a: $t),*) {
                     inner($($a),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: this CPU has AVX-512F.
-                    return unsafe { avx512($($a),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: this CPU has AVX2 and FMA.
-                    return unsafe { avx2($($a),*) };
+                match $crate::simd() {
+                    // SAFETY: simd() says AVX-512F only where this CPU has it.
+                    $crate::Simd::Avx512 => return unsafe { avx512($($a),*) },
+                    // SAFETY: simd() says AVX2 only where this CPU has AVX2 and FMA.
+                    $crate::Simd::Avx2 => return unsafe { avx2($($a),*) },
+                    $crate::Simd::Scalar => {}
                 }
             }
             inner($($a),*)
@@ -101,19 +99,73 @@ pub fn on_pool_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
-/// The widest vector level that the gemm crate's matrix products (Flex's and this crate's
-/// convolutions) use on this CPU: `AVX-512`, `AVX2` (with FMA) or `scalar`. Speed figures are
-/// only comparable at the same level.
-pub fn simd_level() -> &'static str {
+/// A vector level of x86-64 CPUs, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// The build's baseline (SSE2 on x86-64).
+    Scalar,
+    /// AVX2 with FMA.
+    Avx2,
+    /// AVX-512F.
+    Avx512,
+}
+
+/// The environment variable that caps the vector level of this crate's own kernels
+/// (`avx2` or `scalar`), so that one machine can time the narrower paths beside the widest.
+pub const SIMD_ENV: &str = "BURN_FLEX_KERNELS_SIMD";
+
+/// The widest vector level this crate's kernels use: the CPU's, capped by [`SIMD_ENV`] when
+/// that is set (read once; a value other than `avx512`, `avx2` or `scalar` is reported on
+/// stderr and ignored). The gemm crate's products follow the CPU and the build: AVX-512 only
+/// with the `x86-v4` feature (on by default).
+pub fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var(SIMD_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("avx512") => Simd::Avx512,
+            Ok("avx2") => Simd::Avx2,
+            Ok("scalar") => Simd::Scalar,
+            Ok(other) => {
+                eprintln!("warning: {SIMD_ENV}={other:?} is none of avx512, avx2, scalar: ignored");
+                Simd::Avx512
+            }
+        };
+        cpu_simd().min(cap)
+    })
+}
+
+/// The widest vector level of this CPU.
+pub(crate) fn cpu_simd() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return "AVX-512";
+            return Simd::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return "AVX2";
+            return Simd::Avx2;
         }
     }
-    "scalar"
+    Simd::Scalar
+}
+
+/// The vector level of this process's kernels and matrix products: `AVX-512`, `AVX2` (with
+/// FMA) or `scalar`, from [`simd`] and, for the gemm crate, this build's `x86-v4` feature.
+/// Speed figures are only comparable at the same level.
+pub fn simd_level() -> &'static str {
+    let gemm = if cfg!(feature = "x86-v4") {
+        Simd::Avx512
+    } else {
+        Simd::Avx2
+    };
+    simd_name(simd().min(gemm))
+}
+
+/// How [`simd_level`] names a level.
+pub(crate) fn simd_name(level: Simd) -> &'static str {
+    match level {
+        Simd::Avx512 => "AVX-512",
+        Simd::Avx2 => "AVX2",
+        Simd::Scalar => "scalar",
+    }
 }

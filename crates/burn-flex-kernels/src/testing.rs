@@ -75,6 +75,35 @@ pub fn under_emulated_cpus(name: &str, env: &[(&str, &str)]) {
     }
 }
 
+/// Runs the test `name` of the current test binary again on this CPU with this crate's own
+/// kernels capped at AVX2 and at scalar ([`crate::SIMD_ENV`]; the gemm crate's products keep
+/// the CPU's level), and asserts that it passed and saw the capped level: the narrower paths
+/// on the real CPU, in seconds (what [`under_emulated_cpus`] reaches in minutes, with gemm's).
+pub fn under_simd_caps(name: &str) {
+    let exe = std::env::current_exe().expect("the test binary");
+    for (cap, level) in [("avx2", crate::Simd::Avx2), ("scalar", crate::Simd::Scalar)] {
+        let out = Command::new(&exe)
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+            .env(crate::SIMD_ENV, cap)
+            .output()
+            .expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{name} with {}={cap}:\n{stdout}\n{}",
+            crate::SIMD_ENV,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = crate::simd_name(crate::cpu_simd().min(level));
+        assert!(
+            stdout.contains(&format!("CPU: {expected}")),
+            "{}={cap} should leave {expected}:\n{stdout}",
+            crate::SIMD_ENV
+        );
+        println!("{}={cap} ({expected}): passed", crate::SIMD_ENV);
+    }
+}
+
 fn close(a: &Tensor<4>, b: &Tensor<4>, what: &str) {
     close_within(a, b, what, 1e-5);
 }

@@ -195,7 +195,7 @@ fn from_lanes(lanes: &[f32], len: usize, planes: &mut [f32]) {
 fn transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
     assert!(src.len() >= 15 * src_stride + L && dst.len() >= 15 * dst_stride + L);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if crate::simd() == crate::Simd::Avx512 {
         // SAFETY: this CPU has AVX-512F; the assert keeps the 16 rows inside both slices.
         unsafe { transpose16_avx512(src.as_ptr(), src_stride, dst.as_mut_ptr(), dst_stride) };
         return;
