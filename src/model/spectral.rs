@@ -97,7 +97,10 @@ impl SpectralNorm {
     /// `kernel / sigma(kernel)`, refining `u`, `v` first when training on an autodiff device.
     pub fn normalize<const D: usize>(&self, kernel: Tensor<D>) -> Tensor<D> {
         let sigma = self.sigma(as_matrix(kernel.clone())); // [1]
-        kernel.div(sigma.unsqueeze::<D>())
+        // A product with 1 / sigma rather than a quotient: Burn's backward of a broadcast
+        // division makes four kernel-sized tensors (-W, / sigma^2, * grad, grad / sigma), that of
+        // a product two (grad / sigma, grad * W); the reciprocal itself is of a [1] tensor.
+        kernel.mul(sigma.recip().unsqueeze::<D>())
     }
 
     /// `sigma = u^T W v` for the matrix view `[out, rest]` of a kernel, differentiable in `W`.
