@@ -150,8 +150,9 @@ pub(crate) fn cpu_simd() -> Simd {
 }
 
 /// The vector level of this process's kernels and matrix products: `AVX-512`, `AVX2` (with
-/// FMA) or `scalar`, from [`simd`] and, for the gemm crate, this build's `x86-v4` feature.
-/// Speed figures are only comparable at the same level.
+/// FMA) or `scalar`, the narrower of [`simd`] and the gemm crate's (AVX-512 only with this
+/// build's `x86-v4` feature; with it and `BURN_FLEX_KERNELS_SIMD=avx2` the products stay at
+/// AVX-512 while this says AVX2). Speed figures are only comparable at the same level.
 pub fn simd_level() -> &'static str {
     let gemm = if cfg!(feature = "x86-v4") {
         Simd::Avx512
