@@ -19,7 +19,10 @@ With --repeats R each pair runs R times in the order ours, PyTorch, PyTorch, our
 (so that a slow spell of the machine falls on both), and the table gives each side's median
 over the repeats, the ratio of those medians and the range of the R pairwise ratios: on a
 shared VM whole processes run 10-20% slower or faster than the next, so one pair is not a
-measurement there.
+measurement there. The table also gives the ratio of each side's best run ("best ratio"):
+on a VM that switches between a fast and a slow state (seen on a 2-core Zen 3: the same run
+0.65 or 1.0 s per iteration, whole processes at a time), the medians of three runs depend on
+which runs the slow spells hit, while each side's fastest run is its fast-state speed.
 
 Then, per size, the convolutions of one generator iteration alone (no linear layers,
 normalization, activations or optimizer), ours (`cargo bench --bench conv -- --iteration SIZE`)
@@ -176,7 +179,8 @@ def main():
                              statistics.median(p[0] for p in pairs),
                              statistics.median(p[1] for p in pairs),
                              max(p[2] for p in pairs), max(p[3] for p in pairs),
-                             [p[0] / p[1] for p in pairs]))
+                             [p[0] / p[1] for p in pairs],
+                             min(p[0] for p in pairs), min(p[1] for p in pairs)))
     convs = {} if a.no_convs else {size: convs_only(size, a, target) for size in a.sizes}
     if a.avx2:
         print("both sides capped at AVX2 (BURN_FLEX_KERNELS_SIMD=avx2; "
@@ -186,10 +190,11 @@ def main():
           + (f"; median over {a.repeats} alternating runs each" if a.repeats > 1 else ""))
     spread = a.repeats > 1
     print(f"{'size':>4} {'kind':<5} {'ours s/it':>9} {'torch s/it':>10} {'ours/torch':>10} "
-          f"{'ours MiB':>8} {'torch MiB':>9}" + (f" {'pair ratios':>11}" if spread else ""))
-    for size, kind, so, sp, mo, mp, ratios in rows:
+          f"{'ours MiB':>8} {'torch MiB':>9}"
+          + (f" {'pair ratios':>11} {'best ratio':>10}" if spread else ""))
+    for size, kind, so, sp, mo, mp, ratios, bo, bp in rows:
         print(f"{size:>4} {kind:<5} {so:>9.2f} {sp:>10.2f} {so / sp:>10.2f} {mo:>8.0f} {mp:>9.0f}"
-              + (f" {min(ratios):.2f}-{max(ratios):.2f}" if spread else ""))
+              + (f" {min(ratios):>6.2f}-{max(ratios):.2f} {bo / bp:>10.2f}" if spread else ""))
     for size in a.sizes:
         by = {k: so for s, k, so, *_ in rows if s == size}
         parts = []
@@ -197,6 +202,9 @@ def main():
             parts.append(f"GP/SN {by['gp'] / by['sn']:.2f}")
         if "none" in by and "sn" in by:
             parts.append(f"SN/none {by['sn'] / by['none']:.2f}")
+            if spread:
+                best = {k: bo for s, k, _, _, _, _, _, bo, _ in rows if s == size}
+                parts.append(f"best runs' SN/none {best['sn'] / best['none']:.2f}")
         if size in convs:
             co, ct = convs[size]
             parts.append(f"convolutions alone: ours {co:.2f}, torch {ct:.2f} s/it ({co / ct:.2f})")
