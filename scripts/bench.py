@@ -203,7 +203,7 @@ def main():
         if "none" in by and "sn" in by:
             parts.append(f"SN/none {by['sn'] / by['none']:.2f}")
             if spread:
-                best = {k: bo for s, k, _, _, _, _, _, bo, _ in rows if s == size}
+                best = {k: bo for s, k, *_, bo, _ in rows if s == size}
                 parts.append(f"best runs' SN/none {best['sn'] / best['none']:.2f}")
         if size in convs:
             co, ct = convs[size]
